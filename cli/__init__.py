@@ -1,0 +1,1 @@
+"""gradsal.cli: the ``gradsal`` command line."""
