@@ -1,0 +1,536 @@
+"""Build a gradient graph (reverse-mode VJP or forward-mode JVP) over an ONNX model.
+
+The gradient graph is the original forward graph plus, for every node on the path from the
+differentiated tensor to the explained output, the nodes its rule emits (see ``_rules``). It runs in
+one onnxruntime session: inputs ``x`` and a seed (cotangent or tangent), outputs the explained tensor
+and ``J^T v`` (or ``J u``). Shapes are made concrete at the caller's input shape, after a probe run of
+the model that records every tensor's shape and the value of every tensor that does not depend on the
+input's values (shape arithmetic), so rules can work with static shapes and constant axes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
+from . import _rules
+
+COTANGENT_NAME = "gradsal_cotangent"
+TANGENT_NAME = "gradsal_tangent"
+RESULT_NAME = "gradsal_result"
+
+# Operators that keep their (first) input's shape and dtype, and binary ones that broadcast: their
+# result shapes are tracked so that rules can unbroadcast what they emit.
+_SAME_SHAPE_OPS = frozenset({
+    "Neg", "Abs", "Sign", "Exp", "Log", "Sqrt", "Reciprocal", "Relu", "Sigmoid", "Tanh", "Erf", "Identity",
+    "Cast", "CastLike", "Not", "Softmax", "LogSoftmax", "Sin", "Cos", "Floor", "Ceil", "IsNaN", "IsInf",
+    "LeakyRelu", "Elu", "Selu", "HardSigmoid", "HardSwish", "Softplus", "Clip",
+})
+_BROADCAST_OPS = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual",
+    "And", "Or", "Xor", "Max", "Min", "Sum", "Mean", "PRelu",
+})
+
+
+@dataclass(frozen=True)
+class GradientGraph:
+    """A built gradient model and the names of its inputs and outputs."""
+
+    model: Any  # onnx.ModelProto
+    input_name: str
+    seed_name: str
+    output_name: str
+    result_name: str
+    wrt_name: str
+    mode: str
+
+
+def _np_dtype(elem_type: int) -> np.dtype:
+    from onnx import helper
+
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+@dataclass
+class _Probe:
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, np.dtype]
+    values: dict[str, np.ndarray]
+
+
+def _default_opset(model: Any) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise ModelError("the ONNX model imports no default ('ai.onnx') opset; it cannot be differentiated.")
+
+
+def _value_dependent(graph: Any, sources: set[str]) -> set[str]:
+    """Tensors whose values change with the values of ``sources`` (Shape/Size and the like break the chain)."""
+    dependent = set(sources)
+    for node in graph.node:
+        if node.op_type in _rules.SHAPE_ONLY_OPS and not node.op_type.startswith("Random"):
+            continue
+        if any(name in dependent for name in node.input if name):
+            dependent.update(name for name in node.output if name)
+    return dependent
+
+
+def _concrete_input(value_info: Any, shape: Sequence[int]) -> Any:
+    from onnx import helper
+
+    elem = value_info.type.tensor_type.elem_type
+    return helper.make_tensor_value_info(value_info.name, elem, list(shape))
+
+
+def _probe(model: Any, input_name: str, input_shape: Sequence[int]) -> _Probe:
+    """Run the model once at ``input_shape`` recording tensor shapes, dtypes and constant values."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    init_names = {init.name for init in graph.initializer}
+    data_inputs = [vi for vi in graph.input if vi.name not in init_names]
+    values: dict[str, np.ndarray] = {
+        init.name: numpy_helper.to_array(init) for init in graph.initializer
+    }
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+
+    input_vi = next(vi for vi in data_inputs if vi.name == input_name)
+    probe_graph = onnx.GraphProto()
+    probe_graph.CopyFrom(graph)
+    del probe_graph.input[:]
+    for vi in graph.input:
+        probe_graph.input.append(_concrete_input(vi, input_shape) if vi.name == input_name else vi)
+    del probe_graph.output[:]
+    del probe_graph.value_info[:]
+
+    dependent = _value_dependent(graph, {vi.name for vi in data_inputs})
+    tensors = [name for node in graph.node for name in node.output if name]
+    shape_outputs: dict[str, str] = {}
+    for name in tensors:
+        if name in dependent:
+            shape_name = f"gradsal_probe_shape_{len(shape_outputs)}"
+            probe_graph.node.append(helper.make_node("Shape", [name], [shape_name]))
+            probe_graph.output.append(helper.make_tensor_value_info(shape_name, onnx.TensorProto.INT64, None))
+            shape_outputs[name] = shape_name
+        elif name not in values:
+            probe_graph.output.append(helper.make_empty_tensor_value_info(name))
+    probe_model = helper.make_model(probe_graph, opset_imports=list(model.opset_import))
+    probe_model.ir_version = model.ir_version
+
+    dtypes = _inferred_dtypes(probe_model)
+    dtypes[input_name] = _np_dtype(input_vi.type.tensor_type.elem_type)
+    feeds = {input_name: np.zeros(tuple(input_shape), dtype=dtypes[input_name])}
+    for vi in data_inputs:
+        if vi.name != input_name:
+            raise ModelError(
+                f"the model has another input {vi.name!r} besides {input_name!r}; gradsal differentiates "
+                "single-input models (fold the other inputs into the graph as constants first)."
+            )
+    try:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(
+            probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        results = session.run(None, feeds)
+    except Exception as exc:
+        raise BackendError(
+            f"onnxruntime could not run the model at input shape {tuple(input_shape)}: {exc}"
+        ) from exc
+
+    shapes: dict[str, tuple[int, ...]] = {input_name: tuple(int(d) for d in input_shape)}
+    for out, result in zip(probe_graph.output, results, strict=True):
+        if out.name.startswith("gradsal_probe_shape_"):
+            continue
+        values[out.name] = result
+    by_shape_name = {v: k for k, v in shape_outputs.items()}
+    for out, result in zip(probe_graph.output, results, strict=True):
+        if out.name in by_shape_name:
+            shapes[by_shape_name[out.name]] = tuple(int(d) for d in result)
+    for name, value in values.items():
+        shapes.setdefault(name, tuple(value.shape))
+        dtypes[name] = value.dtype
+    return _Probe(shapes, dtypes, values)
+
+
+def _inferred_dtypes(model: Any) -> dict[str, np.dtype]:
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is only a source of dtypes here; gaps fall back below
+        inferred = model
+    dtypes: dict[str, np.dtype] = {}
+    for vi in itertools.chain(inferred.graph.value_info, inferred.graph.input, inferred.graph.output):
+        elem = vi.type.tensor_type.elem_type
+        if elem:
+            dtypes[vi.name] = _np_dtype(elem)
+    return dtypes
+
+
+def _differentiable_inputs(node: Any) -> list[int]:
+    rules = _rules.rules_for(node.op_type)
+    if node.op_type in _rules.SHAPE_ONLY_OPS:
+        return []
+    positions = range(len(node.input))
+    if rules is not None and rules.differentiable is not None:
+        positions = [i for i in rules.differentiable if i < len(node.input)]
+    return [i for i in positions if node.input[i]]
+
+
+def _path(graph: Any, source: str, output: str) -> set[str]:
+    """Tensors that depend differentiably on ``source`` and that ``output`` depends on differentiably."""
+    forward = {source}
+    for node in graph.node:
+        if any(node.input[i] in forward for i in _differentiable_inputs(node)):
+            forward.update(name for name in node.output if name)
+    backward = {output}
+    for node in reversed(graph.node):
+        if any(name in backward for name in node.output):
+            backward.update(node.input[i] for i in _differentiable_inputs(node))
+    return forward & backward
+
+
+@dataclass
+class _Builder:
+    """The :class:`~._rules.RuleContext` the rules see, and the nodes they emitted."""
+
+    opset: int
+    relu_rule: str
+    probe: _Probe
+    on_path: set[str]
+    float_dtype: np.dtype
+    taken: set[str]
+    nodes: list[Any] = field(default_factory=list)
+    initializers: list[Any] = field(default_factory=list)
+    extra_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    extra_dtypes: dict[str, np.dtype] = field(default_factory=dict)
+    current: str = ""
+    _counter: itertools.count = field(default_factory=itertools.count)
+
+    def fresh(self, hint: str) -> str:
+        while True:
+            name = f"gradsal_{hint}_{next(self._counter)}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+
+    def emit(self, op_type: str, inputs: Sequence[str], n_outputs: int = 1, **attrs: object) -> list[str]:
+        from onnx import helper
+
+        outputs = [self.fresh(op_type.lower()) for _ in range(n_outputs)]
+        clean = {k: v for k, v in attrs.items() if v is not None}
+        self.nodes.append(
+            helper.make_node(op_type, list(inputs), outputs, name=f"{outputs[0]}/{self.current}", **clean)
+        )
+        self._track(op_type, list(inputs), outputs, clean)
+        return outputs
+
+    def emit1(self, op_type: str, inputs: Sequence[str], **attrs: object) -> str:
+        return self.emit(op_type, inputs, 1, **attrs)[0]
+
+    def _track(self, op_type: str, inputs: list[str], outputs: list[str], attrs: dict[str, object]) -> None:
+        known = [self._known_shape(name) for name in inputs if name]
+        if op_type in _SAME_SHAPE_OPS and known and known[0] is not None:
+            self.extra_shapes[outputs[0]] = known[0]
+        elif op_type in _BROADCAST_OPS and known and all(s is not None for s in known):
+            self.extra_shapes[outputs[0]] = tuple(np.broadcast_shapes(*known))
+        if op_type == "Cast":
+            from onnx import helper
+
+            self.extra_dtypes[outputs[0]] = _np_dtype(int(attrs["to"]))  # type: ignore[arg-type]
+        elif inputs and inputs[-1 if op_type == "Where" else 0]:
+            dtype = self._known_dtype(inputs[-1 if op_type == "Where" else 0])
+            if dtype is not None and op_type not in ("Shape", "Size", "Equal", "Greater", "Less", "Not"):
+                self.extra_dtypes[outputs[0]] = dtype
+
+    def _known_shape(self, name: str) -> tuple[int, ...] | None:
+        return self.extra_shapes.get(name, self.probe.shapes.get(name))
+
+    def _known_dtype(self, name: str) -> np.dtype | None:
+        return self.extra_dtypes.get(name, self.probe.dtypes.get(name))
+
+    def const(self, value: Any, dtype: Any = None, like: str | None = None) -> str:
+        from onnx import numpy_helper
+
+        if like is not None:
+            dtype = self.dtype(like)
+        elif dtype is None:
+            if isinstance(value, np.ndarray):
+                dtype = value.dtype
+            elif isinstance(value, float) or (
+                isinstance(value, Sequence) and any(isinstance(v, float) for v in value)
+            ):
+                dtype = self.float_dtype
+            else:
+                dtype = np.int64
+        array = np.asarray(value, dtype=dtype)
+        name = self.fresh("const")
+        self.initializers.append(numpy_helper.from_array(array, name))
+        self.extra_shapes[name] = tuple(array.shape)
+        self.extra_dtypes[name] = array.dtype
+        return name
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        shape = self._known_shape(name)
+        if shape is None:
+            raise KeyError(f"gradsal internal error: the shape of {name!r} is not known to the builder")
+        return shape
+
+    def dtype(self, name: str) -> np.dtype:
+        dtype = self._known_dtype(name)
+        return self.float_dtype if dtype is None else dtype
+
+    def value(self, name: str) -> np.ndarray | None:
+        return self.probe.values.get(name)
+
+    def needs_grad(self, name: str) -> bool:
+        return name in self.on_path
+
+    def record(self, name: str, like: str) -> None:
+        """Note that ``name`` (a cotangent or tangent) has the shape and dtype of the primal ``like``."""
+        if name not in self.extra_shapes and name not in self.probe.shapes:
+            self.extra_shapes[name] = self.shape(like)
+            self.extra_dtypes.setdefault(name, self.dtype(like))
+
+    def unbroadcast(self, grad: str, target: str, grad_shape: Sequence[int] | None = None) -> str:
+        gshape = tuple(grad_shape) if grad_shape is not None else self.shape(grad)
+        tshape = self.shape(target)
+        if gshape == tshape:
+            return grad
+        lead = len(gshape) - len(tshape)
+        axes = list(range(lead)) + [
+            lead + i for i, d in enumerate(tshape) if d == 1 and gshape[lead + i] != 1
+        ]
+        summed = grad
+        if axes:
+            if self.opset >= 13:
+                summed = self.emit1("ReduceSum", [grad, self.const(axes)], keepdims=1)
+            else:
+                summed = self.emit1("ReduceSum", [grad], axes=axes, keepdims=1)
+        out = self.emit1("Reshape", [summed, self.const(list(tshape))])
+        self.extra_shapes[out] = tshape
+        return out
+
+    def attr(self, node: Any, name: str, default: object = None) -> object:
+        from onnx import helper
+
+        for attribute in node.attribute:
+            if attribute.name == name:
+                value = helper.get_attribute_value(attribute)
+                if isinstance(value, bytes):
+                    return value.decode()
+                if isinstance(value, list):
+                    return [v.decode() if isinstance(v, bytes) else v for v in value]
+                return value
+        return default
+
+    def sum(self, names: list[str], like: str) -> str:
+        if len(names) == 1:
+            return names[0]
+        total = self.emit1("Sum", names)
+        self.record(total, like)
+        return total
+
+
+def _node_label(node: Any, opset: int) -> str:
+    return f"{node.op_type} node {node.name or '(unnamed)'!r} (opset {opset}) producing {list(node.output)}"
+
+
+def _require_rule(node: Any, opset: int, mode: str) -> Any:
+    rules = _rules.rules_for(node.op_type)
+    fn = None if rules is None else (rules.vjp if mode == "vjp" else rules.jvp)
+    hint = "Pass OnnxBackend(..., fallback='finite_differences') to differentiate the model numerically."
+    if node.op_type in _rules.NON_DIFFERENTIABLE_OPS:
+        raise UnsupportedOperatorError(
+            f"{_node_label(node, opset)} is piecewise constant: its gradient is zero almost everywhere, "
+            f"and it lies between the input and the explained output. Explain a tensor before it "
+            f"(output_name=...) or {hint[0].lower() + hint[1:]}"
+        )
+    if fn is None:
+        domain = f" in domain {node.domain!r}" if node.domain not in ("", "ai.onnx") else ""
+        raise UnsupportedOperatorError(
+            f"gradsal has no {'reverse' if mode == 'vjp' else 'forward'}-mode rule for "
+            f"{_node_label(node, opset)}{domain}. {hint}"
+        )
+    return fn
+
+
+def _on_path_nodes(graph: Any, on_path: set[str]) -> list[Any]:
+    return [
+        node for node in graph.node
+        if any(node.input[i] in on_path for i in _differentiable_inputs(node))
+        and any(name in on_path for name in node.output)
+    ]
+
+
+def _emit_vjp(builder: _Builder, nodes: list[Any], source: str, output: str, seed: str) -> str:
+    grads: dict[str, list[str]] = {output: [seed]}
+    for node in reversed(nodes):
+        out_grads = [
+            builder.sum(grads[name], name) if grads.get(name) else None for name in node.output
+        ]
+        if all(g is None for g in out_grads):
+            continue
+        fn = _require_rule(node, builder.opset, "vjp")
+        builder.current = node.name or node.op_type
+        in_grads = fn(builder, node, out_grads)
+        _check_arity(node, in_grads, len(node.input), "VJP")
+        for name, grad in zip(node.input, in_grads, strict=True):
+            if grad is not None and name in builder.on_path:
+                builder.record(grad, name)
+                grads.setdefault(name, []).append(grad)
+    if not grads.get(source):
+        raise ModelError(f"the output {output!r} does not depend on {source!r}: its gradient is zero.")
+    return builder.sum(grads[source], source)
+
+
+def _emit_jvp(builder: _Builder, nodes: list[Any], source: str, output: str, seed: str) -> str:
+    tangents: dict[str, str] = {source: seed}
+    for node in nodes:
+        in_tangents = [tangents.get(name) if name else None for name in node.input]
+        if all(t is None for t in in_tangents):
+            continue
+        fn = _require_rule(node, builder.opset, "jvp")
+        builder.current = node.name or node.op_type
+        out_tangents = fn(builder, node, in_tangents)
+        _check_arity(node, out_tangents, len(node.output), "JVP")
+        for name, tangent in zip(node.output, out_tangents, strict=True):
+            if tangent is not None and name in builder.on_path:
+                builder.record(tangent, name)
+                tangents[name] = tangent
+    if output not in tangents:
+        raise ModelError(f"the output {output!r} does not depend on {source!r}: its gradient is zero.")
+    return tangents[output]
+
+
+def _check_arity(node: Any, result: Any, expected: int, kind: str) -> None:
+    if not isinstance(result, list) or len(result) != expected:
+        raise RuntimeError(
+            f"gradsal internal error: the {kind} rule of {node.op_type} returned {result!r}, "
+            f"expected a list of {expected} entries"
+        )
+
+
+def _needed_nodes(nodes: list[Any], outputs: set[str]) -> list[Any]:
+    """The nodes needed to compute ``outputs``, in their original order (dead forward code is dropped)."""
+    needed = set(outputs)
+    keep: list[Any] = []
+    for node in reversed(nodes):
+        if any(name in needed for name in node.output):
+            keep.append(node)
+            needed.update(name for name in node.input if name)
+            for attribute in node.attribute:  # tensors a subgraph reads from the outer scope
+                for sub in [attribute.g, *attribute.graphs]:
+                    needed.update(name for n in sub.node for name in n.input if name)
+    keep.reverse()
+    return keep
+
+
+def build_gradient_model(
+    model: Any,
+    input_shape: Sequence[int],
+    *,
+    input_name: str,
+    output_name: str,
+    mode: Literal["vjp", "jvp"] = "vjp",
+    wrt: str | None = None,
+    relu_rule: str = "standard",
+) -> GradientGraph:
+    """Return the VJP (``mode="vjp"``) or JVP (``"jvp"``) model of ``output_name`` at ``input_shape``.
+
+    The VJP model takes ``input_name`` and a cotangent shaped like the output and returns the output and
+    ``J^T cotangent`` with respect to ``wrt`` (the input by default, or any intermediate tensor); the JVP
+    model takes a tangent shaped like the input and returns ``J tangent``. Raises
+    :class:`UnsupportedOperatorError` when a node on the path has no rule.
+    """
+    import onnx
+    from onnx import helper
+
+    _load_rule_modules()
+    graph = model.graph
+    opset = _default_opset(model)
+    source = wrt or input_name
+    probe = _probe(model, input_name, input_shape)
+    for name in (output_name, source):
+        if name not in probe.shapes:
+            raise ModelError(f"the model has no tensor named {name!r}.")
+    if mode == "jvp" and source != input_name:
+        raise ModelError("forward mode differentiates with respect to the model input only.")
+    on_path = _path(graph, source, output_name)
+    float_dtype = probe.dtypes.get(source, np.dtype(np.float32))
+    taken = {name for node in graph.node for name in (*node.input, *node.output)}
+    taken |= {vi.name for vi in graph.input} | {init.name for init in graph.initializer}
+    builder = _Builder(opset, relu_rule, probe, on_path, float_dtype, taken)
+
+    seed = COTANGENT_NAME if mode == "vjp" else TANGENT_NAME
+    seed_like = output_name if mode == "vjp" else source
+    builder.record(seed, seed_like)
+    path_nodes = _on_path_nodes(graph, on_path)
+    emit = _emit_vjp if mode == "vjp" else _emit_jvp
+    result = emit(builder, path_nodes, source, output_name, seed)
+    result_like = source if mode == "vjp" else output_name
+    builder.nodes.append(helper.make_node("Identity", [result], [RESULT_NAME], name="gradsal_result"))
+
+    outputs = [output_name, RESULT_NAME] + ([source] if source != input_name else [])
+    all_nodes = _needed_nodes([*graph.node, *builder.nodes], set(outputs))
+    input_vi = next(vi for vi in graph.input if vi.name == input_name)
+    seed_elem = helper.np_dtype_to_tensor_dtype(builder.dtype(seed_like))
+    result_elem = helper.np_dtype_to_tensor_dtype(builder.dtype(result_like))
+    new_graph = helper.make_graph(
+        all_nodes,
+        f"{graph.name or 'model'}_gradsal_{mode}",
+        [
+            _concrete_input(input_vi, input_shape),
+            helper.make_tensor_value_info(seed, seed_elem, list(builder.shape(seed_like))),
+        ],
+        [
+            helper.make_tensor_value_info(
+                output_name, helper.np_dtype_to_tensor_dtype(builder.dtype(output_name)),
+                list(builder.shape(output_name)),
+            ),
+            helper.make_tensor_value_info(RESULT_NAME, result_elem, list(builder.shape(result_like))),
+            *(
+                [helper.make_tensor_value_info(source, helper.np_dtype_to_tensor_dtype(builder.dtype(source)),
+                                               list(builder.shape(source)))]
+                if source != input_name else []
+            ),
+        ],
+        [*graph.initializer, *builder.initializers],
+    )
+    grad_model = helper.make_model(new_graph, opset_imports=list(model.opset_import))
+    grad_model.ir_version = model.ir_version
+    try:
+        onnx.checker.check_model(grad_model)
+    except onnx.checker.ValidationError as exc:
+        raise BackendError(
+            f"gradsal internal error: the {mode.upper()} graph it built is not valid ONNX ({exc}). "
+            "Please report this with the model."
+        ) from exc
+    return GradientGraph(grad_model, input_name, seed, output_name, RESULT_NAME, source, mode)
+
+
+_RULE_MODULES = ("_elementwise", "_conv", "_tensor")
+
+
+def _load_rule_modules() -> None:
+    """Import the rule modules so that their rules register (done lazily: importing them needs onnx)."""
+    import importlib
+
+    for module in _RULE_MODULES:
+        try:
+            importlib.import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{module}":
+                raise

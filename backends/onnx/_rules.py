@@ -1,0 +1,157 @@
+"""Registry of per-operator differentiation rules, and the context a rule uses to emit ONNX nodes.
+
+A VJP rule receives the node and the cotangent of each of its outputs, and returns the cotangent of
+each of its inputs; a JVP rule receives the tangent of each input and returns the tangent of each
+output. Rules never compute anything themselves: they append standard ONNX nodes through the
+:class:`RuleContext`, naming primal tensors of the original graph (which the gradient graph keeps)
+and the cotangent/tangent tensors they are given. Shapes are concrete: the builder makes one gradient
+graph per input shape, so a rule may read any tensor's shape, and the value of any tensor that does
+not depend on the input's values (axes, pads, target shapes computed by shape arithmetic).
+
+Registering::
+
+    @vjp_rule("Relu")
+    def relu_vjp(ctx, node, grads):           # grads[i]: cotangent of node.output[i], or None (zero)
+        ...
+        return [grad_of_input_0]              # one entry per node.input; None where no gradient
+
+    @jvp_rule("Relu")
+    def relu_jvp(ctx, node, tangents):        # tangents[i]: tangent of node.input[i], or None (zero)
+        return [tangent_of_output_0]          # one entry per node.output
+
+``differentiable`` (on ``vjp_rule``) lists the input positions through which gradient flows (None:
+all of them); the builder uses it to decide which tensors are on the differentiated path, so that a
+Reshape's target shape or a Where's condition is never differentiated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+try:  # onnx is needed only when a rule runs; importing this module must stay cheap
+    from onnx import NodeProto
+except ImportError:  # pragma: no cover - the backend reports the missing extra itself
+    NodeProto = object  # type: ignore[assignment,misc]
+
+
+class RuleContext(Protocol):
+    """What the graph builder offers a rule while it writes the gradient graph."""
+
+    opset: int
+    """Version of the default ("ai.onnx") domain the model imports; rules must emit nodes valid at it."""
+
+    relu_rule: str
+    """"standard", "guided" or "deconvnet": how Relu's VJP treats the cotangent."""
+
+    def emit(self, op_type: str, inputs: Sequence[str], n_outputs: int = 1, **attrs: object) -> list[str]:
+        """Append a node (default domain) with fresh output names; returns those names.
+
+        An empty string in ``inputs`` is an omitted optional input, as in ONNX.
+        """
+
+    def emit1(self, op_type: str, inputs: Sequence[str], **attrs: object) -> str:
+        """Like :meth:`emit` for a single-output node; returns its output name."""
+
+    def const(self, value: np.ndarray | float | int | Sequence[int], dtype: np.dtype | type | None = None,
+              like: str | None = None) -> str:
+        """An initializer holding ``value``; returns its name.
+
+        ``like``: take the dtype of that tensor (use it for float scalars that meet model tensors).
+        Integer sequences default to int64 (axes, shapes, pads).
+        """
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Concrete shape of a tensor (primal, cotangent or tangent) at the current input shape."""
+
+    def dtype(self, name: str) -> np.dtype:
+        """Element type of a primal tensor."""
+
+    def value(self, name: str) -> np.ndarray | None:
+        """Value of a tensor that does not depend on the input's values, else None.
+
+        Initializers, Constant outputs and shape arithmetic (Shape -> Gather -> Concat ...) qualify.
+        Read axes, pads, starts, target shapes and scales this way; never data.
+        """
+
+    def needs_grad(self, name: str) -> bool:
+        """True if ``name`` is on the differentiated path (depends on the source and reaches the output)."""
+
+    def unbroadcast(self, grad: str, target: str, grad_shape: Sequence[int] | None = None) -> str:
+        """Sum ``grad`` over the axes along which ``target`` was broadcast, and reshape it to ``target``'s shape.
+
+        Emits nothing when the shapes already agree. ``grad_shape`` is needed only when ``grad`` is a
+        tensor whose shape the context cannot know (``emit`` tracks the shapes of elementwise results).
+        """
+
+    def attr(self, node: NodeProto, name: str, default: object = None) -> object:
+        """The value of attribute ``name`` of ``node`` (ints, floats, strings decoded, lists), or ``default``."""
+
+
+VjpRule = Callable[[RuleContext, NodeProto, list[str | None]], list[str | None]]
+JvpRule = Callable[[RuleContext, NodeProto, list[str | None]], list[str | None]]
+
+
+@dataclass(frozen=True)
+class OpRules:
+    vjp: VjpRule | None
+    jvp: JvpRule | None
+    differentiable: tuple[int, ...] | None  # input positions that carry gradient; None = all
+
+
+_VJP: dict[str, VjpRule] = {}
+_JVP: dict[str, JvpRule] = {}
+_DIFFERENTIABLE: dict[str, tuple[int, ...] | None] = {}
+
+# Operators whose outputs carry only shape information or a constant: they end the differentiated path
+# silently (Shape of an activation is not a function of its values).
+SHAPE_ONLY_OPS = frozenset({
+    "Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike", "RandomNormal", "RandomUniform",
+    "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+})
+
+# Operators that are piecewise constant in their data inputs: on the differentiated path they are an
+# error (their gradient is zero almost everywhere, which would silently blank the saliency map).
+NON_DIFFERENTIABLE_OPS = frozenset({
+    "ArgMax", "ArgMin", "Round", "Floor", "Ceil", "Sign", "Equal", "Greater", "GreaterOrEqual", "Less",
+    "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf", "NonZero", "TopK", "QuantizeLinear",
+    "BitShift", "Mod",
+})
+
+
+def vjp_rule(*op_types: str, differentiable: Sequence[int] | None = None) -> Callable[[VjpRule], VjpRule]:
+    """Register ``fn`` as the VJP rule of each operator in ``op_types``."""
+
+    def register(fn: VjpRule) -> VjpRule:
+        for op in op_types:
+            _VJP[op] = fn
+            _DIFFERENTIABLE[op] = tuple(differentiable) if differentiable is not None else None
+        return fn
+
+    return register
+
+
+def jvp_rule(*op_types: str) -> Callable[[JvpRule], JvpRule]:
+    """Register ``fn`` as the JVP rule of each operator in ``op_types``."""
+
+    def register(fn: JvpRule) -> JvpRule:
+        for op in op_types:
+            _JVP[op] = fn
+        return fn
+
+    return register
+
+
+def rules_for(op_type: str) -> OpRules | None:
+    """The rules registered for an operator, or None if it has neither."""
+    if op_type not in _VJP and op_type not in _JVP:
+        return None
+    return OpRules(_VJP.get(op_type), _JVP.get(op_type), _DIFFERENTIABLE.get(op_type))
+
+
+def supported_operators() -> list[str]:
+    """Operators with a VJP rule, sorted (the README lists them)."""
+    return sorted(_VJP)
