@@ -71,7 +71,7 @@ def _default_opset(model: Any) -> int:
 
 
 def _value_dependent(graph: Any, sources: set[str]) -> set[str]:
-    """Tensors whose values change with the values of ``sources`` (Shape/Size and the like break the chain)."""
+    """Tensors whose values change with the values of ``sources`` (Shape and the like break the chain)."""
     dependent = set(sources)
     for node in graph.node:
         if node.op_type in _rules.SHAPE_ONLY_OPS and not node.op_type.startswith("Random"):
@@ -247,8 +247,6 @@ class _Builder:
         elif op_type in _BROADCAST_OPS and known and all(s is not None for s in known):
             self.extra_shapes[outputs[0]] = tuple(np.broadcast_shapes(*known))
         if op_type == "Cast":
-            from onnx import helper
-
             self.extra_dtypes[outputs[0]] = _np_dtype(int(attrs["to"]))  # type: ignore[arg-type]
         elif inputs and inputs[-1 if op_type == "Where" else 0]:
             dtype = self._known_dtype(inputs[-1 if op_type == "Where" else 0])

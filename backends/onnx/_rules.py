@@ -81,14 +81,14 @@ class RuleContext(Protocol):
         """True if ``name`` is on the differentiated path (depends on the source and reaches the output)."""
 
     def unbroadcast(self, grad: str, target: str, grad_shape: Sequence[int] | None = None) -> str:
-        """Sum ``grad`` over the axes along which ``target`` was broadcast, and reshape it to ``target``'s shape.
+        """Sum ``grad`` over the axes along which ``target`` was broadcast; reshape it to ``target``'s shape.
 
         Emits nothing when the shapes already agree. ``grad_shape`` is needed only when ``grad`` is a
         tensor whose shape the context cannot know (``emit`` tracks the shapes of elementwise results).
         """
 
     def attr(self, node: NodeProto, name: str, default: object = None) -> object:
-        """The value of attribute ``name`` of ``node`` (ints, floats, strings decoded, lists), or ``default``."""
+        """The value of attribute ``name`` of ``node`` (strings decoded, lists as lists), or ``default``."""
 
 
 VjpRule = Callable[[RuleContext, NodeProto, list[str | None]], list[str | None]]

@@ -57,7 +57,9 @@ def _names(model: onnx.ModelProto, input_name: str | None, output_name: str | No
     return input_name or data_inputs[0], output_name or model.graph.output[0].name
 
 
-def run_forward(model: onnx.ModelProto, x: np.ndarray, input_name: str | None = None) -> dict[str, np.ndarray]:
+def run_forward(
+    model: onnx.ModelProto, x: np.ndarray, input_name: str | None = None
+) -> dict[str, np.ndarray]:
     """All graph outputs of ``model`` at ``x``."""
     name, _ = _names(model, input_name, None)
     session = _session(model, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
@@ -85,7 +87,8 @@ def _run_graph(model, x, seed, *, mode, input_name, output_name, relu_rule, wrt,
     )
     onnx.checker.check_model(built.model, full_check=True)
     session = _session(built.model, level)
-    results = session.run([built.output_name, built.result_name], {built.input_name: x, built.seed_name: seed})
+    feeds = {built.input_name: x, built.seed_name: seed}
+    results = session.run([built.output_name, built.result_name], feeds)
     return results[0], results[1]
 
 
