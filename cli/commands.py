@@ -68,17 +68,18 @@ def _progress(total: int, quiet: bool, desc: str) -> Any:
     return tqdm(total=total, desc=desc, file=sys.stderr, unit="input")
 
 
-def _preprocess(args: argparse.Namespace, model: LoadedModel) -> list[Sample]:
+def _preprocess(args: argparse.Namespace, model: LoadedModel, paths: list[Path]) -> list[Sample]:
     channels, height, width = model.input_chw
     size = tuple(args.size) if args.size else (height, width) if height and width else None
-    return load_samples(expand_inputs(args.inputs), size=size, channels=channels, mean=args.mean, std=args.std)
+    return load_samples(paths, size=size, channels=channels, mean=args.mean, std=args.std)
 
 
 def run_explain(args: argparse.Namespace) -> int:
     """Explain each input and write an overlay (and raw arrays if asked) plus summary.json."""
-    model = load_model(args.model, output_name=args.output_name)
+    paths = expand_inputs(args.inputs)  # before loading the model: a typo in a path fails fast
     labels = read_labels(args.labels)
-    samples = _preprocess(args, model)
+    model = load_model(args.model, output_name=args.output_name)
+    samples = _preprocess(args, model, paths)
     explain = attribution_function(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,9 +132,10 @@ def _write_results(args, out, batch, outputs, targets, attributions, labels) -> 
 
 def run_check(args: argparse.Namespace) -> int:
     """Check the model's gradients against finite differences; exit 1 when they disagree."""
+    paths = expand_inputs(args.inputs) if args.inputs else []
     model = load_model(args.model, output_name=args.output_name)
-    if args.inputs:
-        x = np.stack([s.array for s in _preprocess(args, model)])[:1]
+    if paths:
+        x = np.stack([s.array for s in _preprocess(args, model, paths)])[:1]
     else:
         channels, height, width = model.input_chw
         if channels is None or (height is None) != (width is None):
