@@ -1,0 +1,223 @@
+"""ONNX backend benchmark: gradient cost against the plain forward, onnx-ad, torch autograd and finite differences.
+
+For each model family in ``gradsal.reference_models.architectures`` (ResNet-, MobileNet-, OCR- and
+detector-style, random weights), exported from torch at opset 17, one run measures on the CPU with the
+same thread count everywhere:
+
+- the plain onnxruntime forward (ORT_ENABLE_ALL);
+- ``OnnxBackend.vjp`` with one cotangent per sample, and its ratio to the forward (target <= 3x);
+- onnx-ad 0.3's reverse graph (the one other library that differentiates ONNX; ``bench`` extra), same
+  session options, and its ratio (gradsal must be faster on every model);
+- torch autograd's input gradient of the same module (the issue-4 target: OnnxBackend <= 1.5x it);
+- gradsal's graph build time, and the VJP graph's per-operator time share from onnxruntime's profiler;
+- with ``--fd``: the finite-difference FunctionBackend on the same function (extrapolated from a subset
+  of coordinates, stated as such), and the speed-up of the gradient graph over it.
+
+Run: ``python benchmarks/bench_onnx.py [--batch 4] [--threads 2] [--repeats 20] [--fd] [--json out.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+FAMILIES = ("small_resnet", "small_mobilenet", "ocr_style", "detector_style")
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def session_options(threads: int, profile_prefix: str | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return options
+
+
+def export(name: str, batch: int, folder: Path):
+    """The torch module, its input and the exported ONNX path (static shapes, as onnx-ad requires)."""
+    import torch
+
+    from gradsal.reference_models import architectures
+
+    torch.manual_seed(0)
+    module = getattr(architectures, name)().eval()
+    shape = getattr(module, "input_shape", (3, 64, 64))
+    x = torch.rand(batch, *shape)
+    path = folder / f"{name}.onnx"
+    torch.onnx.export(module, (x,), str(path), opset_version=17, input_names=["input"],
+                      output_names=["logits"], dynamo=False)
+    return module, x.numpy(), path
+
+
+def op_time_share(model_bytes: bytes, feeds: dict, threads: int, folder: Path) -> list[tuple[str, float]]:
+    """Per-operator share of node time in onnxruntime's profile of ``model_bytes``."""
+    import onnxruntime as ort
+
+    options = session_options(threads, str(folder / "profile"))
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    for _ in range(5):
+        session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    totals: Counter[str] = Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            totals[event["args"]["op_name"]] += event["dur"]
+    whole = sum(totals.values()) or 1
+    return [(op, 100.0 * t / whole) for op, t in totals.most_common(6)]
+
+
+def bench_family(name: str, args: argparse.Namespace, folder: Path) -> dict:
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from gradsal.backends.onnx import OnnxBackend
+    from gradsal.backends.onnx._graph import build_gradient_model
+
+    module, x, path = export(name, args.batch, folder)
+    forward = ort.InferenceSession(str(path), session_options(args.threads), providers=["CPUExecutionProvider"])
+    y = forward.run(None, {"input": x})[0]
+    cotangent = np.zeros_like(y)
+    cotangent[np.arange(len(y)), y.argmax(axis=1)] = 1.0
+    row: dict = {"model": name, "nodes": len(onnx.load(str(path)).graph.node)}
+    row["forward_ms"] = median_ms(lambda: forward.run(None, {"input": x}), args.repeats)
+
+    backend = OnnxBackend(str(path), session_options=session_options(args.threads))
+    row["gradsal_ms"] = median_ms(lambda: backend.vjp(x, cotangent), args.repeats)
+    row["gradsal_ratio"] = row["gradsal_ms"] / row["forward_ms"]
+    model = onnx.load(str(path))
+    start = time.perf_counter()
+    built = build_gradient_model(model, x.shape, input_name="input", output_name="logits")
+    row["build_s"] = time.perf_counter() - start
+    feeds = {built.input_name: x, built.seed_name: cotangent}
+    row["gradsal_ops"] = op_time_share(built.model.SerializeToString(), feeds, args.threads, folder)
+
+    row.update(bench_onnx_ad(model, x, cotangent, args))
+    if row.get("onnx_ad_ms"):
+        row["onnx_ad_ratio"] = row["onnx_ad_ms"] / row["forward_ms"]
+
+    torch.set_num_threads(args.threads)
+    xt = torch.from_numpy(x)
+    ct = torch.from_numpy(cotangent)
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+    def autograd() -> None:
+        xi = xt.clone().requires_grad_(True)
+        torch.autograd.grad(module(xi), xi, ct)
+
+    row["torch_ms"] = median_ms(autograd, args.repeats)
+    row["vs_torch"] = row["gradsal_ms"] / row["torch_ms"]
+    if args.fd:
+        row.update(bench_finite_differences(forward, x[:1], cotangent[:1], row, args))
+    return row
+
+
+def bench_onnx_ad(model, x: np.ndarray, cotangent: np.ndarray, args: argparse.Namespace) -> dict:
+    try:
+        import onnx_ad
+    except ImportError:
+        return {"onnx_ad_ms": None, "onnx_ad_note": "onnx-ad not installed (pip install 'gradsal[bench]')"}
+    import onnxruntime as ort
+
+    try:
+        adjoint = onnx_ad.reverse(model, layout="onnx")
+        session = ort.InferenceSession(adjoint.SerializeToString(), session_options(args.threads),
+                                       providers=["CPUExecutionProvider"])
+        seed_name = next(i.name for i in session.get_inputs() if i.name != "input")
+        seed = cotangent[..., None]
+        feeds = {"input": x, seed_name: seed}
+        session.run(None, feeds)
+    except Exception as exc:  # the peer refusing a model is a result to report, not a crash
+        return {"onnx_ad_ms": None, "onnx_ad_note": f"failed: {type(exc).__name__}: {str(exc)[:120]}"}
+    return {"onnx_ad_ms": median_ms(lambda: session.run(None, feeds), args.repeats)}
+
+
+def bench_finite_differences(forward, x, cotangent, row, args) -> dict:
+    """Central differences of <f(x), v>: 2 forwards per coordinate, timed on 64 and extrapolated."""
+    flat = x.reshape(-1)
+    eps = 1e-3
+    subset = 64
+
+    def some_coordinates() -> None:
+        for i in range(subset):
+            step = np.zeros_like(flat)
+            step[i] = eps
+            plus = forward.run(None, {"input": (flat + step).reshape(x.shape)})[0]
+            minus = forward.run(None, {"input": (flat - step).reshape(x.shape)})[0]
+            float(np.sum((plus - minus) * cotangent))
+
+    ms = median_ms(some_coordinates, 3) * flat.size / subset
+    return {"fd_ms_extrapolated": ms, "fd_speedup": ms / (row["gradsal_ms"] / args.batch)}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | nodes | ORT forward | gradsal VJP | ratio | onnx-ad VJP | ratio | torch autograd | gradsal/torch "
+        "| build | top ops in gradsal's VJP graph |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ad = f"{r['onnx_ad_ms']:.2f} ms | {r['onnx_ad_ratio']:.2f}x" if r.get("onnx_ad_ms") else \
+            f"{r.get('onnx_ad_note', '-')} | -"
+        ops = ", ".join(f"{op} {share:.0f}%" for op, share in r["gradsal_ops"][:4])
+        lines.append(
+            f"| {r['model']} | {r['nodes']} | {r['forward_ms']:.2f} ms | {r['gradsal_ms']:.2f} ms | "
+            f"{r['gradsal_ratio']:.2f}x | {ad} | {r['torch_ms']:.2f} ms | {r['vs_torch']:.2f}x | "
+            f"{r['build_s']:.2f} s | {ops} |"
+        )
+    fd = [r for r in rows if "fd_speedup" in r]
+    for r in fd:
+        lines.append(f"\n{r['model']}: finite differences (extrapolated from 64 coordinates) "
+                     f"{r['fd_ms_extrapolated'] / 1e3:.1f} s per image; gradient graph {r['fd_speedup']:.0f}x faster.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--models", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--fd", action="store_true", help="also time finite differences (slow)")
+    parser.add_argument("--json", help="write the rows as JSON here")
+    args = parser.parse_args()
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [bench_family(name, args, Path(tmp)) for name in args.models]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; threads={args.threads}; "
+          f"batch={args.batch}; onnxruntime {ort.__version__}; median of {args.repeats}")
+    print(markdown(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
