@@ -4,6 +4,17 @@ Attribution methods, post-processing and the gradient checker, all built on the 
 :class:`GradientBackend` protocol. Nothing here imports a deep-learning framework.
 """
 
+from .attribution import (
+    deconvnet,
+    grad_cam,
+    gradient_x_input,
+    guided_backprop,
+    integrated_gradients,
+    integration_rule,
+    smoothgrad,
+    vanilla_gradient,
+)
+from .batching import get_memory_budget, memory_budget, set_memory_budget
 from .errors import (
     BackendError,
     GradsalError,
@@ -16,6 +27,8 @@ from .errors import (
     UnsupportedModelError,
     UnsupportedOperatorError,
 )
+from .gradcheck import GradientCheckReport, check_gradients
+from .postprocess import FeatureScore, rank_features, to_saliency_map
 from .protocol import (
     GradientBackend,
     ReluRule,
@@ -25,19 +38,23 @@ from .protocol import (
     SupportsReluRule,
 )
 from .registry import BackendPlugin, as_backend, available_backends, register_backend, unregister_backend
+from .targets import ProbabilityOutputWarning
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
     "BackendPlugin",
+    "FeatureScore",
     "GradientBackend",
+    "GradientCheckReport",
     "GradsalError",
     "InputError",
     "InputTypeError",
     "MissingCapabilityError",
     "MissingDependencyError",
     "ModelError",
+    "ProbabilityOutputWarning",
     "ReluRule",
     "SupportsJVP",
     "SupportsLayers",
@@ -49,6 +66,39 @@ __all__ = [
     "__version__",
     "as_backend",
     "available_backends",
+    "check_gradients",
+    "deconvnet",
+    "get_memory_budget",
+    "grad_cam",
+    "gradient_x_input",
+    "guided_backprop",
+    "integrated_gradients",
+    "integration_rule",
+    "memory_budget",
+    "rank_features",
     "register_backend",
+    "set_memory_budget",
+    "smoothgrad",
+    "to_saliency_map",
     "unregister_backend",
+    "vanilla_gradient",
+]
+
+# issue 6: sanity checks and faithfulness metrics
+from .faithfulness import PerturbationCurve, deletion_curve, insertion_curve, plot_curves
+from .sanity import (
+    MethodComparison,
+    RandomizationResult,
+    compare_methods,
+    completeness,
+    input_invariance,
+    model_randomization_test,
+    spearman_correlation,
+    ssim,
+)
+
+__all__ += [
+    "MethodComparison", "PerturbationCurve", "RandomizationResult", "compare_methods", "completeness",
+    "deletion_curve", "input_invariance", "insertion_curve", "model_randomization_test", "plot_curves",
+    "spearman_correlation", "ssim",
 ]
