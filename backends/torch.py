@@ -1,0 +1,451 @@
+"""PyTorch backend: input gradients of any ``torch.nn.Module`` (or callable on tensors) with autograd.
+
+``TorchBackend(model)`` implements :class:`~gradsal.core.GradientBackend` (``forward``, ``vjp``) and the
+optional ``SupportsJVP``, ``SupportsLayers``, ``SupportsReluRule`` and ``SupportsRandomization``, so every
+gradsal method accepts a torch model directly: ``vanilla_gradient(my_torch_model, x)``.
+
+Arrays cross the interface as NumPy. Rules, in the order they apply:
+
+- **Device**: the model runs where its parameters are (a parameterless callable: on ``device`` or the
+  CPU). If ``device`` names another device, a copy of the model is moved there; the user's model stays.
+- **Dtype**: ``x`` is cast to the model's parameter dtype (the first floating parameter or buffer; a
+  model without any keeps ``x``'s float32/float64). Results come back in that dtype, except that
+  float16/bfloat16 results come back as float32. A float64 check (``check_gradients``) therefore needs
+  a float64 model: ``copy.deepcopy(model).double()``.
+- **Mixed precision**: ``dtype=torch.bfloat16`` or ``torch.float16`` runs forward and backward under
+  ``torch.autocast`` (CUDA, or CPU where torch supports it); ``x`` and its gradient stay float32.
+- **Chunks**: ``batch_size`` rows go to the device at a time (None: the whole batch in one go; the core
+  methods already chunk by their own ``batch_size``).
+- **No side effects**: parameters get no ``.grad`` (their ``requires_grad`` is off for the call and
+  restored after, exceptions included); every hook gradsal registers is removed in ``finally``; the
+  train/eval mode is left as found (a training-mode model with dropout or batch-norm gets a warning, and
+  batch-norm running statistics updated by such a call are put back); ``x`` is never written to.
+  The parameter flags are toggled on the shared module, so do not run one model from several threads.
+- **JVP** uses forward-mode AD (``torch.func.jvp``). Where an operation lacks a forward-AD formula (a
+  custom ``autograd.Function`` without ``jvp``, some in-place ops) it falls back to the double-VJP trick:
+  ``J u = d/dv <J^T v, u>``, two reverse passes, which needs a differentiable backward.
+- **Guided backprop / deconvnet** (``with_relu_rule``) reroutes, through a ``TorchFunctionMode`` active only
+  during the call, every ReLU invoked from Python: ``nn.ReLU`` (in-place too), ``F.relu``, ``F.relu_``,
+  ``torch.relu``, ``Tensor.relu``/``relu_``. Not intercepted: TorchScript or ``torch.compile``d code,
+  ``torch.ops.aten.relu`` called directly, and ReLUs written another way (``clamp(min=0)``,
+  ``x * (x > 0)``, ``F.threshold``, fused kernels); ReLU6/LeakyReLU are not ReLUs for this rule.
+  A call in which no ReLU was intercepted warns that the result equals the plain gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import numbers
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import (
+    GradsalError,
+    InputError,
+    InputTypeError,
+    MissingDependencyError,
+    ModelError,
+    UnsupportedModelError,
+)
+from ..core.registry import BackendPlugin, module_type_matches
+
+INSTALL_HINT = "pip install 'gradsal[torch]'"
+_RULES = ("standard", "guided", "deconvnet")
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise MissingDependencyError(f"The PyTorch backend needs PyTorch (not installed): {INSTALL_HINT}") from exc
+    return torch
+
+
+def _rules_module() -> Any:
+    from . import _torch_rules
+
+    return _torch_rules
+
+
+def _accepts(model: Any) -> bool:
+    return module_type_matches(model, "torch.nn", "Module")
+
+
+class TorchBackend:
+    """Gradients of a PyTorch model with respect to its input, NumPy in and NumPy out.
+
+    ``model``: a ``torch.nn.Module`` (TorchScript too) or a callable on tensors. ``device``: where to run
+    (default: where the parameters are). ``dtype``: ``torch.bfloat16``/``torch.float16`` for autocast mixed
+    precision, None for the model's own dtype. ``output``: a callable mapping the model's raw output to
+    the tensor to explain (``lambda out: out["logits"]``, ``lambda out: out[0]``). ``batch_size``: rows
+    sent to the device at once (None: all). See the module docstring for the dtype and side-effect rules.
+    """
+
+    def __init__(self, model: Any, *, device: Any = None, dtype: Any = None,
+                 output: Callable[[Any], Any] | None = None, batch_size: int | None = None) -> None:
+        torch = _import_torch()
+        if not callable(model):
+            raise InputTypeError(
+                f"TorchBackend needs a torch.nn.Module or a callable on tensors, got {type(model).__name__}."
+            )
+        if output is not None and not callable(output):
+            raise InputTypeError("output= must be a callable mapping the model's output to a tensor, "
+                                 "e.g. output=lambda out: out['logits']")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                                       or batch_size < 1):
+            raise InputError(f"batch_size must be a positive int or None (all rows at once), got {batch_size!r}")
+        self._torch = torch
+        self._rules = _rules_module()
+        self._output = output
+        self._batch_size = None if batch_size is None else int(batch_size)
+        self._amp_dtype = self._rules.amp_dtype(torch, dtype)
+        self._forward_ad = True
+        self._set_model(model, device)
+
+    # ----------------------------------------------------------------- setup
+    def _set_model(self, model: Any, device: Any) -> None:
+        torch = self._torch
+        module = model if isinstance(model, torch.nn.Module) else None
+        where = self._rules.parameter_device(module)
+        wanted = self._rules.resolve_device(device) if device is not None else (where or torch.device("cpu"))
+        if module is not None and where is not None and not self._rules.same_device(where, wanted):
+            module = copy.deepcopy(module).to(wanted)  # never move the user's model in place
+            model = module
+        self._model = model
+        self._module = module
+        self._device = wanted
+        self._param_dtype = self._rules.parameter_dtype(module)
+        self._norm_layers = self._rules.running_stat_modules(module)
+        self._stochastic = [m for m in (module.modules() if module is not None else ())
+                            if isinstance(m, torch.nn.modules.dropout._DropoutNd)] + self._norm_layers
+
+    @property
+    def model(self) -> Any:
+        """The wrapped model (a device copy when ``device`` differed from the parameters' device)."""
+        return self._model
+
+    @property
+    def device(self) -> Any:
+        """The ``torch.device`` the model runs on."""
+        return self._device
+
+    # ----------------------------------------------------------------- protocol
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The model's outputs (after ``output=``) for a batch, without building a graph."""
+        x = self._rules.check_input(x, self._torch)
+        outputs = []
+        with self._call_context(), self._torch.no_grad():
+            for rows in self._chunks(len(x)):
+                xt = self._tensor(x[rows], private=True)
+                outputs.append(self._numpy(self._run(xt)))
+        return self._rules.join(outputs, x)
+
+    def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(outputs, J(x)^T cotangent)`` with ``torch.autograd.grad`` on the input only."""
+        return self._vjp(x, cotangent, contextlib.nullcontext)
+
+    def jvp(self, x: np.ndarray, tangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(outputs, J(x) tangent)`` by forward-mode AD, or two reverse passes where that is unsupported."""
+        x = self._rules.check_input(x, self._torch)
+        tangent = self._rules.check_like(tangent, x.shape, "tangent", "x")
+        outputs, products = [], []
+        with self._call_context():
+            for rows in self._chunks(len(x)):
+                xt = self._tensor(x[rows], private=True)
+                tt = self._tensor(tangent[rows], private=False, like=xt)
+                out, product = self._jvp_chunk(xt, tt)
+                outputs.append(self._numpy(out))
+                products.append(self._numpy(product))
+        return self._rules.join(outputs, x), self._rules.join(products, x)
+
+    def layer_vjp(self, x: np.ndarray, layer: str, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(activation, d<outputs, cotangent>/d activation)`` at module ``layer`` (a ``named_modules`` name).
+
+        A forward hook (removed after each chunk, errors included) swaps the layer's output for a detached
+        leaf copy that requires grad, so the backward pass stops at the layer instead of reaching ``x``,
+        and in-place operations after the layer cannot alter the returned activation.
+        """
+        module = self._named_module(layer)
+        x = self._rules.check_input(x, self._torch)
+        cotangent = self._rules.check_cotangent(cotangent, len(x))
+        activations, grads = [], []
+        with self._call_context():
+            for rows in self._chunks(len(x)):
+                xt = self._tensor(x[rows], private=True)
+                activation, grad = self._layer_chunk(module, layer, xt, cotangent[rows])
+                activations.append(self._numpy(activation))
+                grads.append(self._numpy(grad))
+        return self._rules.join(activations, x), self._rules.join(grads, x)
+
+    def with_relu_rule(self, rule: str) -> Any:
+        """A backend whose backward pass through ReLUs follows ``rule`` (Springenberg et al. 2015).
+
+        ``"standard"`` returns this backend; ``"guided"`` and ``"deconvnet"`` return a
+        :class:`ReluRuleBackend` sharing the model, which is not changed (see the module docstring for
+        which ReLU calls are rerouted).
+        """
+        if rule not in _RULES:
+            raise InputError(f"Unknown ReLU rule {rule!r}: use one of {', '.join(_RULES)}.")
+        if rule == "standard":
+            return self
+        if self._module is not None and any(self._rules.is_script(m, self._torch) for m in self._module.modules()):
+            raise UnsupportedModelError(
+                "Guided backprop/deconvnet cannot reroute the ReLUs of TorchScript code (it does not call "
+                "Python). Pass the eager nn.Module instead of the scripted one."
+            )
+        return ReluRuleBackend(self, rule)
+
+    def randomized(self, layers: Sequence[str], seed: int) -> TorchBackend:
+        """A backend on a deep copy of the model whose named layers are re-initialised; the original stays.
+
+        Each named module and its submodules get ``reset_parameters()`` (else a normal draw of the same
+        scale) under ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng``, so the global random
+        state is untouched and equal seeds give equal weights (Adebayo et al. 2018, cascading and
+        independent randomisation tests).
+        """
+        torch = self._torch
+        if self._module is None:
+            raise UnsupportedModelError("randomized() needs an nn.Module; this backend wraps a plain callable.")
+        if isinstance(layers, str):
+            layers = [layers]
+        for name in layers:
+            self._named_module(name)
+        clone = copy.deepcopy(self._module)
+        named = dict(clone.named_modules())
+        devices = [self._device] if self._device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(seed))
+            for name in layers:
+                if next(named[name].parameters(), None) is None:
+                    raise ModelError(f"Layer {name!r} has no parameters to randomise; name a layer with weights.")
+                self._rules.reinitialize(named[name])
+        twin = copy.copy(self)
+        twin._set_model(clone, self._device)
+        return twin
+
+    # ----------------------------------------------------------------- internals
+    def _vjp(self, x: np.ndarray, cotangent: np.ndarray,
+             extra: Callable[[], contextlib.AbstractContextManager]) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        x = self._rules.check_input(x, torch)
+        cotangent = self._rules.check_cotangent(cotangent, len(x))
+        outputs, grads = [], []
+        with self._call_context():
+            for rows in self._chunks(len(x)):
+                xt = self._tensor(x[rows], private=False).requires_grad_(True)
+                with torch.enable_grad(), extra():
+                    out = self._run(xt)
+                    ct = self._cotangent_tensor(cotangent[rows], out)
+                    grad = self._grad(out, xt, ct)
+                outputs.append(self._numpy(out))
+                grads.append(self._numpy(grad))
+        return self._rules.join(outputs, x), self._rules.join(grads, x)
+
+    @contextlib.contextmanager
+    def _call_context(self) -> Iterator[None]:
+        torch = self._torch
+        if any(m.training for m in self._stochastic):
+            warnings.warn(
+                "The model is in training mode and has dropout or batch-norm layers: its saliency is that of a "
+                "stochastic model (batch statistics, random masks). Call model.eval() first; gradsal leaves "
+                "the mode as you set it.", UserWarning, stacklevel=self._rules.user_stacklevel())
+        autocast = (torch.autocast(device_type=self._device.type, dtype=self._amp_dtype)
+                    if self._amp_dtype is not None else contextlib.nullcontext())
+        with self._rules.frozen_parameters(self._module), \
+                self._rules.restored_running_stats(self._norm_layers), autocast:
+            yield
+
+    def _chunks(self, n: int) -> Iterator[slice]:
+        step = self._batch_size or n
+        for start in range(0, n, step):
+            yield slice(start, min(n, start + step))
+
+    def _compute_dtype(self, array: np.ndarray) -> Any:
+        torch = self._torch
+        if self._param_dtype is not None and self._amp_dtype is None:
+            return self._param_dtype
+        return torch.float64 if array.dtype == np.float64 and self._param_dtype in (None, torch.float64) \
+            else torch.float32
+
+    def _tensor(self, array: np.ndarray, *, private: bool, like: Any = None) -> Any:
+        """``array`` as a tensor on the device in the compute dtype; ``private``: never sharing its memory."""
+        copied = not (array.flags.c_contiguous and array.flags.writeable and array.dtype.isnative)
+        if copied:
+            array = np.array(array, dtype=array.dtype.newbyteorder("="), order="C")
+        host = self._torch.from_numpy(array)
+        dtype = like.dtype if like is not None else self._compute_dtype(array)
+        tensor = host.to(device=self._device, dtype=dtype)
+        if private and not copied and tensor.data_ptr() == host.data_ptr():
+            tensor = tensor.clone()  # the model may write to its input in place (e.g. ReLU(inplace=True))
+        return tensor
+
+    def _numpy(self, tensor: Any) -> np.ndarray:
+        torch = self._torch
+        tensor = tensor.detach()
+        if tensor.dtype in (torch.float16, torch.bfloat16):
+            tensor = tensor.float()
+        return tensor.cpu().numpy()
+
+    def _run(self, xt: Any, *, wrap: bool = True) -> Any:
+        """The model's (selected) output for one chunk, checked; framework failures become BackendError."""
+        try:
+            raw = self._model(xt)
+        except GradsalError:
+            raise
+        except Exception as exc:
+            if not wrap:
+                raise
+            raise self._rules.model_failure(exc, xt) from exc
+        return self._select_output(raw, len(xt))
+
+    def _select_output(self, raw: Any, rows: int) -> Any:
+        torch = self._torch
+        out = raw
+        if self._output is not None:
+            try:
+                out = self._output(raw)
+            except Exception as exc:
+                raise ModelError(
+                    f"The output= callable failed on the model's {type(raw).__name__} output: "
+                    f"{type(exc).__name__}: {exc}. Make it map that object to the tensor to explain."
+                ) from exc
+        if not isinstance(out, torch.Tensor):
+            raise ModelError(self._rules.non_tensor_message(out, self._output is not None))
+        if not out.is_floating_point():
+            raise ModelError(f"The model output has dtype {out.dtype}, which has no gradient (an argmax or a "
+                             "label?). Return the logits or scores instead, or select them with output=.")
+        if out.ndim == 0 or out.shape[0] != rows:
+            raise ModelError(
+                f"The model output has shape {tuple(out.shape)} for a batch of {rows} inputs; gradsal needs one "
+                "output row per input (N, ...). Return per-sample outputs (no reduction over the batch)."
+            )
+        return out
+
+    def _cotangent_tensor(self, cotangent: np.ndarray, out: Any) -> Any:
+        if cotangent.shape != tuple(out.shape):
+            raise InputError(
+                f"cotangent shape {cotangent.shape} does not match the model output shape {tuple(out.shape)}: "
+                "pass one cotangent shaped like forward(x) (or a target that selects outputs)."
+            )
+        return self._torch.from_numpy(np.ascontiguousarray(cotangent)).to(device=out.device, dtype=out.dtype)
+
+    def _grad(self, out: Any, wrt: Any, cotangent: Any, what: str = "the input x") -> Any:
+        torch = self._torch
+        if not out.requires_grad:
+            raise ModelError(self._rules.no_dependence_message(what))
+        try:
+            (grad,) = torch.autograd.grad(out, wrt, cotangent, allow_unused=True)
+        except GradsalError:
+            raise
+        except Exception as exc:
+            raise self._rules.model_failure(exc, wrt, stage="backward") from exc
+        if grad is None:
+            raise ModelError(self._rules.no_dependence_message(what))
+        return grad
+
+    def _jvp_chunk(self, xt: Any, tt: Any) -> tuple[Any, Any]:
+        torch = self._torch
+        if self._forward_ad:
+            try:
+                with warnings.catch_warnings():  # torch's first forward-AD use scripts decompositions
+                    warnings.filterwarnings("ignore", ".*torch.jit.script.* is deprecated", DeprecationWarning)
+                    return torch.func.jvp(lambda t: self._run(t, wrap=False), (xt,), (tt,))
+            except GradsalError:
+                raise
+            except (RuntimeError, NotImplementedError):
+                pass  # no forward-AD formula somewhere in the model: use two reverse passes below
+        with torch.enable_grad():
+            xg = xt.detach().requires_grad_(True)
+            out = self._run(xg)
+            probe = torch.zeros_like(out, requires_grad=True)
+            if not out.requires_grad:
+                raise ModelError(self._rules.no_dependence_message())
+            try:
+                (pullback,) = torch.autograd.grad(out, xg, probe, create_graph=True, allow_unused=True)
+                if pullback is None:
+                    raise ModelError(self._rules.no_dependence_message())
+                (product,) = torch.autograd.grad(pullback, probe, tt, allow_unused=True)
+            except GradsalError:
+                raise
+            except Exception as exc:
+                raise self._rules.model_failure(exc, xt, stage="double-backward JVP fallback") from exc
+        self._forward_ad = False
+        return out, torch.zeros_like(out) if product is None else product
+
+    def _layer_chunk(self, module: Any, layer: str, xt: Any, cotangent: np.ndarray) -> tuple[Any, Any]:
+        torch = self._torch
+        captured: list[Any] = []
+
+        def capture(_module: Any, _inputs: Any, output: Any) -> Any:
+            if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+                raise ModelError(f"Layer {layer!r} returns a {type(output).__name__}, not a float tensor; choose a "
+                                 "layer whose output is one tensor (e.g. a conv or a block).")
+            # A leaf cut from the graph: nothing before the layer is recorded or back-propagated through.
+            activation = output.detach().requires_grad_(True)
+            captured.append(activation)
+            return activation.clone()  # later in-place ops (ReLU(inplace=True), +=) must not touch it
+
+        handle = module.register_forward_hook(capture)
+        try:
+            with torch.enable_grad():
+                out = self._run(xt)
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise ModelError(self._rules.layer_call_message(layer, len(captured), self._model, torch))
+        cotangent_tensor = self._cotangent_tensor(cotangent, out)
+        return captured[0], self._grad(out, captured[0], cotangent_tensor, what=f"layer {layer!r}")
+
+    def _named_module(self, layer: str) -> Any:
+        if self._module is None:
+            raise UnsupportedModelError("Layer gradients need an nn.Module with named submodules; this backend "
+                                        "wraps a plain callable.")
+        names = dict(self._module.named_modules())
+        if not isinstance(layer, str) or layer not in names or layer == "":
+            raise ModelError(self._rules.unknown_layer_message(layer, list(names)))
+        return names[layer]
+
+
+class ReluRuleBackend:
+    """A :class:`TorchBackend` view whose VJP uses the guided or deconvnet ReLU rule (Springenberg 2015).
+
+    Forward passes are the model's own. The rule is active only inside ``vjp`` and only through a
+    ``TorchFunctionMode``; the model and the original backend are not changed.
+    """
+
+    def __init__(self, base: TorchBackend, rule: str) -> None:
+        self._base = base
+        self.rule = rule
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The model's outputs (the rule changes gradients only)."""
+        return self._base.forward(x)
+
+    def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(outputs, R)`` with ``R`` the cotangent pulled back with the ReLU rule in place of ReLU's gradient."""
+        modes: list[Any] = []
+
+        def mode() -> Any:
+            modes.append(self._base._rules.ReluRuleMode(self.rule))
+            return modes[-1]
+
+        result = self._base._vjp(x, cotangent, mode)
+        if not any(m.relu_calls for m in modes):
+            warnings.warn(f"No ReLU was intercepted while running the model, so the {self.rule} rule changed "
+                          "nothing: the result is the plain gradient (see gradsal.backends.torch for which ReLU "
+                          "calls are rerouted).", UserWarning, stacklevel=self._base._rules.user_stacklevel())
+        return result
+
+
+plugin = BackendPlugin(
+    name="torch",
+    accepts=_accepts,
+    create=TorchBackend,
+    accepts_text="a torch.nn.Module (or torch.jit.ScriptModule)",
+    extra="torch",
+    priority=10,
+)
