@@ -1,0 +1,551 @@
+"""ONNX backend: gradients of an ``.onnx`` model, computed by gradient graphs that onnxruntime runs.
+
+``OnnxBackend(model)`` implements :class:`~gradsal.core.GradientBackend` (``forward``, ``vjp``) and
+``SupportsJVP``, ``SupportsLayers``, ``SupportsReluRule`` and ``SupportsRandomization``. onnxruntime only
+runs inference, so for each input shape gradsal writes a second ONNX graph computing the output and
+``J(x)^T v`` (or ``J(x) u``) with one rule per operator (``_graph.build_gradient_model``), and runs it in
+its own ``InferenceSession``; graphs and sessions are cached per (input shape, mode, layer, ReLU rule).
+
+Rules, in the order they apply:
+
+- **Model**: a path, bytes or ``onnx.ModelProto`` (copied; the caller's object is never changed). External
+  data is read only from inside the model's folder. A corrupt file is a :class:`ModelError`.
+- **Input**: ``input_name`` picks one of several inputs; the others must be fixed with
+  ``constant_inputs={name: array}`` (they become constants of gradsal's private copy).
+- **Output**: ``output_name`` is any graph output or intermediate tensor (default: the first graph
+  output). When that default output is a Softmax/LogSoftmax (possibly through Identity) the backend
+  explains its input, the logits, and warns (:class:`LogitsWarning`); ``explain_logits=False`` or an
+  explicit ``output_name`` keeps the probabilities.
+- **Dtypes**: ``x`` is checked against the declared (possibly symbolic) shape and fed in the declared
+  dtype (float16/32/64); results come back as float32, or float64 when the model computes in float64.
+- **Sessions**: ``providers`` defaults to the CPU. ``"cuda"``/``"CUDAExecutionProvider"`` is used when
+  onnxruntime has it; asking for a provider onnxruntime lacks is an error (:class:`MissingDependencyError`),
+  never a silent CPU run. Every session uses ``session_options`` when given, else ``ORT_ENABLE_ALL``.
+- **Fallback**: an operator without a differentiation rule raises :class:`UnsupportedOperatorError`;
+  ``fallback="finite_differences"`` instead warns (:class:`FiniteDifferenceWarning`) and differentiates
+  the whole model numerically (central differences of ``forward``: slow, approximate). ``layer_vjp``
+  has no numerical fallback.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import os
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...core.errors import (
+    BackendError,
+    GradsalError,
+    InputError,
+    InputTypeError,
+    MissingDependencyError,
+    ModelError,
+    UnsupportedOperatorError,
+)
+from . import _model_io as io
+
+RELU_RULES = ("standard", "guided", "deconvnet")
+FALLBACKS = (None, "finite_differences")
+CACHE_SIZE = 8
+_RULE_MODULES = ("_elementwise", "_conv", "_tensor")
+_PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "gpu": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "dml": "DmlExecutionProvider",
+}
+
+
+class LogitsWarning(UserWarning):
+    """The model ends in Softmax/LogSoftmax and gradsal explains the logits instead of the probabilities."""
+
+
+class FiniteDifferenceWarning(UserWarning):
+    """gradsal differentiates the model numerically because an operator has no gradient rule."""
+
+
+def load_rules() -> None:
+    """Import the per-operator rule modules so that their rules register (they need onnx)."""
+    package = __name__.rpartition(".")[0]
+    for module in _RULE_MODULES:
+        try:
+            importlib.import_module(f"{package}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{package}.{module}":
+                raise
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A gradient graph, its session and what its seed input must look like."""
+
+    graph: Any  # _graph.GradientGraph
+    session: Any  # onnxruntime.InferenceSession
+    seed_shape: tuple[int, ...]
+    seed_dtype: np.dtype
+
+
+_FALLBACK = object()  # cache entry: this key is differentiated by finite differences
+
+
+class _Shared:
+    """State shared by an OnnxBackend and its ``with_relu_rule`` twins: model, sessions, graph cache."""
+
+    def __init__(self, proto: Any, label: str, settings: dict[str, Any]) -> None:
+        self.proto = proto
+        self.label = label
+        self.settings = settings
+        self.cache: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self.lock = threading.Lock()
+
+
+class OnnxBackend:
+    """Gradients of an ONNX model with respect to its input, NumPy in and NumPy out.
+
+    ``model``: a path to an ``.onnx`` file, its bytes, or an ``onnx.ModelProto``. ``input_name``: the input
+    to differentiate (required when the model has several; fix the others with ``constant_inputs``).
+    ``output_name``: the tensor to explain, any graph output or intermediate tensor. ``providers``:
+    onnxruntime execution providers (default CPU; ``"cuda"`` for the GPU). ``fallback``:
+    ``"finite_differences"`` to differentiate numerically when an operator has no rule.
+    ``session_options``: an ``onnxruntime.SessionOptions`` used for every session. ``explain_logits``:
+    explain a final Softmax's input (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        input_name: str | None = None,
+        output_name: str | None = None,
+        providers: Sequence[Any] | str | None = None,
+        fallback: str | None = None,
+        session_options: Any = None,
+        explain_logits: bool = True,
+        constant_inputs: Mapping[str, Any] | None = None,
+    ) -> None:
+        io.import_onnx()
+        ort = io.import_onnxruntime()
+        if fallback not in FALLBACKS:
+            raise InputError(f"fallback must be None or 'finite_differences', got {fallback!r}.")
+        for arg, value in (("input_name", input_name), ("output_name", output_name)):
+            if value is not None and not isinstance(value, str):
+                raise InputTypeError(f"{arg} must be a tensor name (str) or None, got {type(value).__name__}.")
+        if session_options is not None and not isinstance(session_options, ort.SessionOptions):
+            raise InputTypeError(
+                f"session_options must be an onnxruntime.SessionOptions, got {type(session_options).__name__}."
+            )
+        loaded = io.load_model(model)
+        load_rules()
+        settings = {
+            "providers": _providers(ort, providers),
+            "fallback": fallback,
+            "session_options": session_options if session_options is not None else _default_options(ort),
+        }
+        self._setup(loaded.proto, loaded.label, settings, input_name, output_name, explain_logits,
+                    constant_inputs)
+
+    # ----------------------------------------------------------------------------------------- setup
+    def _setup(self, proto: Any, label: str, settings: dict[str, Any], input_name: str | None,
+               output_name: str | None, explain_logits: bool, constant_inputs: Mapping[str, Any] | None) -> None:
+        graph = proto.graph
+        input_vi = _choose_input(graph, input_name, label, constant_inputs)
+        if constant_inputs:
+            _fold_constant_inputs(proto, constant_inputs, input_vi.name, label)
+        self._input_name = input_vi.name
+        self._input_shape = io.declared_shape(input_vi)
+        dtype = io.declared_dtype(input_vi)
+        if dtype is None or dtype.kind not in "fiub":
+            raise ModelError(
+                f"{label}: input {io.describe_input(input_vi)} has an element type gradsal cannot feed "
+                "from NumPy (float16, float32, float64 or integers are supported)."
+            )
+        self._input_dtype = dtype
+        self._output_name = _choose_output(graph, output_name, explain_logits, label)
+        self._relu_rule = "standard"
+        self._shared = _Shared(proto, label, settings)
+        self._forward_session = self._make_forward_session()
+
+    def _make_forward_session(self) -> Any:
+        onnx = io.import_onnx()
+        proto = self._shared.proto
+        if [o.name for o in proto.graph.output] != [self._output_name]:  # run only what the output needs
+            proto = onnx.ModelProto()
+            proto.CopyFrom(self._shared.proto)
+            declared = {vi.name: vi for vi in proto.graph.value_info}
+            vi = declared.get(self._output_name) or onnx.helper.make_empty_tensor_value_info(self._output_name)
+            del proto.graph.output[:]
+            proto.graph.output.append(vi)
+        try:
+            return self._session(proto)
+        except GradsalError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"onnxruntime cannot load {self._shared.label}: {_message(exc)}") from exc
+
+    def _session(self, proto: Any) -> Any:
+        ort = io.import_onnxruntime()
+        settings = self._shared.settings
+        session = ort.InferenceSession(
+            proto.SerializeToString(), settings["session_options"], providers=settings["providers"]
+        )
+        wanted = [p if isinstance(p, str) else p[0] for p in settings["providers"]]
+        missing = [p for p in wanted if p not in session.get_providers()]
+        if missing:
+            raise MissingDependencyError(
+                f"onnxruntime could not start the execution provider(s) {missing} (it runs with "
+                f"{session.get_providers()}). For CUDA install onnxruntime-gpu with a matching CUDA/cuDNN "
+                "(pip install onnxruntime-gpu), or pass providers=['CPUExecutionProvider']."
+            )
+        return session
+
+    def __repr__(self) -> str:
+        shape = io.format_shape(self._input_shape)
+        return (f"OnnxBackend({self._shared.label!r}, input {self._input_name!r} {self._input_dtype}{shape}, "
+                f"output {self._output_name!r}, relu_rule={self._relu_rule!r})")
+
+    # ------------------------------------------------------------------------------------- properties
+    @property
+    def input_name(self) -> str:
+        """The model input that is differentiated."""
+        return self._input_name
+
+    @property
+    def output_name(self) -> str:
+        """The tensor that is explained (the logits when the model ends in Softmax, see the docstring)."""
+        return self._output_name
+
+    @property
+    def input_shape(self) -> tuple[int | str | None, ...] | None:
+        """The input's declared shape: ints, symbol names (``"batch"``) or None; None if undeclared."""
+        return self._input_shape
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        """The dtype ``x`` is fed in (the input's declared element type)."""
+        return self._input_dtype
+
+    @property
+    def relu_rule(self) -> str:
+        """How gradient graphs treat Relu: ``"standard"``, ``"guided"`` or ``"deconvnet"``."""
+        return self._relu_rule
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the sessions run on."""
+        return list(self._forward_session.get_providers())
+
+    # ---------------------------------------------------------------------------------------- protocol
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The explained tensor for a batch, from a plain onnxruntime session on the original model."""
+        x = self._check_x(x)
+        (output,) = self._run(self._forward_session, [self._output_name], {self._input_name: x}, "forward")
+        return io.as_result(output)
+
+    def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(outputs, J(x)^T cotangent)`` from the reverse-mode gradient graph at ``x``'s shape."""
+        x = self._check_x(x)
+        built = self._built(x.shape, "vjp", None)
+        if built is _FALLBACK:
+            return self._numeric().vjp(x, cotangent)
+        seed = io.check_seed(cotangent, built.seed_shape, built.seed_dtype, "cotangent", "the model output")
+        output, grad = self._run_built(built, x, seed, "VJP")
+        return io.as_result(output), io.as_result(grad)
+
+    def jvp(self, x: np.ndarray, tangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(outputs, J(x) tangent)`` from the forward-mode gradient graph at ``x``'s shape."""
+        x = self._check_x(x)
+        built = self._built(x.shape, "jvp", None)
+        if built is _FALLBACK:
+            return self._numeric().jvp(x, tangent)
+        seed = io.check_seed(tangent, built.seed_shape, built.seed_dtype, "tangent", "x")
+        output, product = self._run_built(built, x, seed, "JVP")
+        return io.as_result(output), io.as_result(product)
+
+    def layer_vjp(self, x: np.ndarray, layer: str, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(activation, d<outputs, cotangent>/d activation)`` at the tensor named ``layer``.
+
+        Any intermediate tensor is a layer; for Grad-CAM use a Conv output (see :meth:`layer_names`).
+        """
+        self._check_layer(layer)
+        x = self._check_x(x)
+        if layer == self._input_name:
+            _, grad = self.vjp(x, cotangent)
+            return io.as_result(x.copy()), grad  # a copy: x may be the caller's own array
+        built = self._built(x.shape, "vjp", layer)
+        seed = io.check_seed(cotangent, built.seed_shape, built.seed_dtype, "cotangent", "the model output")
+        names = [built.graph.wrt_name, built.graph.result_name]
+        feeds = {built.graph.input_name: x, built.graph.seed_name: seed}
+        activation, grad = self._run(built.session, names, feeds, f"layer VJP at {layer!r}")
+        return io.as_result(activation), io.as_result(grad)
+
+    def layer_names(self, op_types: Sequence[str] | str = ("Conv",)) -> list[str]:
+        """Tensors produced by nodes of ``op_types`` that the explained output depends on, in graph order.
+
+        The candidates for :meth:`layer_vjp` (Grad-CAM usually takes the last Conv output).
+        """
+        wanted = {op_types} if isinstance(op_types, str) else set(op_types)
+        graph = self._shared.proto.graph
+        needed = io.ancestors(graph, self._output_name)
+        return [node.output[0] for node in graph.node
+                if node.op_type in wanted and node.output and node.output[0] in needed]
+
+    def with_relu_rule(self, rule: str) -> OnnxBackend:
+        """A backend sharing this model whose gradient graphs pass cotangents through Relu by ``rule``.
+
+        ``"guided"``: only positive cotangents through positive activations; ``"deconvnet"``: positive
+        cotangents regardless of the activation (Springenberg et al. 2015); ``"standard"``: the true
+        gradient. Only ONNX ``Relu`` nodes follow the rule; the original backend is unchanged.
+        """
+        if rule not in RELU_RULES:
+            raise InputError(f"unknown ReLU rule {rule!r}: use one of {', '.join(RELU_RULES)}.")
+        twin = object.__new__(OnnxBackend)
+        twin.__dict__.update(self.__dict__)
+        twin._relu_rule = rule
+        return twin
+
+    def randomized(self, layers: Sequence[str] | str, seed: int) -> OnnxBackend:
+        """A backend on a copy of the model whose named weights are redrawn (Adebayo et al. 2018).
+
+        ``layers``: initializer names, node names, or tensors produced by a node (e.g. a Conv output);
+        a node's floating-point initializers (weights and biases) are redrawn. Values are normal with the
+        original's standard deviation (non-negative where the original is, e.g. variances), seeded by
+        ``seed``; this backend and its model are unchanged.
+        """
+        names = [layers] if isinstance(layers, str) else list(layers)
+        if not names:
+            raise InputError("randomized() needs at least one layer name.")
+        proto = io.randomize(self._shared.proto, names, int(seed))
+        twin = object.__new__(OnnxBackend)
+        twin._setup(proto, f"{self._shared.label} (randomised {', '.join(names)})", self._shared.settings,
+                    self._input_name, self._output_name, False, None)
+        twin._relu_rule = self._relu_rule
+        return twin
+
+    # ---------------------------------------------------------------------------------------- internals
+    def _check_x(self, x: Any) -> np.ndarray:
+        return io.check_input_array(x, self._input_name, self._input_shape, self._input_dtype)
+
+    def _check_layer(self, layer: Any) -> None:
+        if not isinstance(layer, str):
+            raise InputTypeError(f"layer must be a tensor name (str), got {type(layer).__name__}.")
+        names = io.tensor_names(self._shared.proto.graph)
+        if layer not in names:
+            raise ModelError(
+                f"the model has no tensor named {layer!r} to use as a layer. "
+                + io.close_matches(layer, names, "tensors")
+                + " OnnxBackend.layer_names() lists the Conv outputs."
+            )
+
+    def _built(self, shape: tuple[int, ...], mode: str, wrt: str | None) -> Any:
+        key = (tuple(shape), mode, wrt, self._relu_rule)
+        shared = self._shared
+        with shared.lock:
+            if key in shared.cache:
+                shared.cache.move_to_end(key)
+                return shared.cache[key]
+            built = self._build(shape, mode, wrt)
+            shared.cache[key] = built
+            while len(shared.cache) > CACHE_SIZE:
+                shared.cache.popitem(last=False)
+            return built
+
+    def _build(self, shape: tuple[int, ...], mode: str, wrt: str | None) -> Any:
+        from ._graph import build_gradient_model
+
+        if self._input_dtype.kind != "f" and wrt is None:
+            raise ModelError(
+                f"the model's input {self._input_name!r} is {self._input_dtype}: there is no gradient with respect "
+                "to integers. Use layer_vjp(x, layer, cotangent) on a float tensor computed from it (an embedding)."
+            )
+        try:
+            graph = build_gradient_model(
+                self._shared.proto, shape, input_name=self._input_name, output_name=self._output_name,
+                mode=mode, wrt=wrt, relu_rule=self._relu_rule,
+            )
+        except UnsupportedOperatorError as exc:
+            if self._shared.settings["fallback"] != "finite_differences" or wrt is not None:
+                raise
+            warnings.warn(
+                f"{exc} Using the finite-difference fallback: gradsal differentiates the whole model numerically "
+                "(central differences of the forward pass; approximate, and about 2 forward passes per input "
+                "element).", FiniteDifferenceWarning, stacklevel=4)
+            return _FALLBACK
+        except GradsalError:
+            raise
+        except Exception as exc:
+            raise BackendError(
+                f"gradsal internal error while building the {mode.upper()} graph of {self._shared.label} at input "
+                f"shape {tuple(shape)}: {type(exc).__name__}: {exc}. Please report this with the model."
+            ) from exc
+        try:
+            session = self._session(graph.model)
+        except GradsalError:
+            raise
+        except Exception as exc:
+            raise BackendError(
+                f"onnxruntime rejected the {mode.upper()} graph gradsal built for {self._shared.label} at input "
+                f"shape {tuple(shape)}: {_message(exc)}. Please report this with the model."
+            ) from exc
+        seed_vi = next(vi for vi in graph.model.graph.input if vi.name == graph.seed_name)
+        seed_shape = tuple(int(d.dim_value) for d in seed_vi.type.tensor_type.shape.dim)
+        return _Built(graph, session, seed_shape, io.declared_dtype(seed_vi) or np.dtype(np.float32))
+
+    def _run_built(self, built: _Built, x: np.ndarray, seed: np.ndarray, what: str) -> list[np.ndarray]:
+        graph = built.graph
+        feeds = {graph.input_name: x, graph.seed_name: seed}
+        return self._run(built.session, [graph.output_name, graph.result_name], feeds, what)
+
+    def _run(self, session: Any, names: list[str], feeds: dict[str, np.ndarray], what: str) -> list[np.ndarray]:
+        try:
+            return session.run(names, feeds)
+        except Exception as exc:
+            fed = ", ".join(f"{name} {value.dtype}{list(value.shape)}" for name, value in feeds.items())
+            raise BackendError(
+                f"onnxruntime failed running the {what} of {self._shared.label} (fed {fed}): {_message(exc)}"
+            ) from exc
+
+    def _numeric(self) -> Any:
+        from ..numpy import FunctionBackend
+
+        return FunctionBackend(self.forward)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _default_options(ort: Any) -> Any:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def _providers(ort: Any, providers: Sequence[Any] | str | None) -> list[Any]:
+    """Provider names resolved (``"cuda"`` -> ``CUDAExecutionProvider``), CPU last as the fallback."""
+    if providers is None:
+        return ["CPUExecutionProvider"]
+    if isinstance(providers, str) or (isinstance(providers, tuple) and len(providers) == 2
+                                       and isinstance(providers[1], Mapping)):
+        providers = [providers]  # one name, or one (name, options) pair
+    resolved: list[Any] = []
+    for entry in providers:
+        if isinstance(entry, str):
+            name, options = entry, None
+        elif isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[1], Mapping):
+            name, options = entry
+        else:
+            name, options = None, None
+        if not isinstance(name, str):
+            raise InputTypeError(f"providers must be names or (name, options) pairs, got {entry!r}.")
+        name = _PROVIDER_ALIASES.get(name.lower(), name)
+        resolved.append(name if options is None else (name, dict(options)))
+    available = ort.get_available_providers()
+    missing = [p if isinstance(p, str) else p[0] for p in resolved]
+    missing = [p for p in missing if p not in available]
+    if missing:
+        hint = " Install onnxruntime-gpu (pip install onnxruntime-gpu) for CUDA." if any(
+            "CUDA" in p or "Tensorrt" in p for p in missing) else ""
+        raise MissingDependencyError(
+            f"onnxruntime {ort.__version__} has no execution provider {', '.join(missing)} (available: "
+            f"{', '.join(available)}).{hint} Or pass providers=['CPUExecutionProvider'] (the default)."
+        )
+    if "CPUExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in resolved]:
+        resolved.append("CPUExecutionProvider")
+    return resolved
+
+
+def _choose_input(graph: Any, input_name: str | None, label: str, constant_inputs: Mapping[str, Any] | None) -> Any:
+    inputs = io.data_inputs(graph)
+    listed = ", ".join(io.describe_input(vi) for vi in inputs)
+    if not inputs:
+        raise ModelError(f"{label} has no inputs (every graph input is an initializer); nothing to explain.")
+    constants = set(constant_inputs or {})
+    if input_name is None:
+        free = [vi for vi in inputs if vi.name not in constants]
+        if len(free) != 1:
+            raise ModelError(
+                f"{label} has {len(inputs)} inputs: {listed}. Pass input_name= to say which one to differentiate "
+                "(and constant_inputs={name: array} to fix the others)."
+            )
+        return free[0]
+    chosen = next((vi for vi in inputs if vi.name == input_name), None)
+    if chosen is None:
+        raise ModelError(
+            f"{label} has no input named {input_name!r}; its inputs are {listed}. "
+            + io.close_matches(input_name, [vi.name for vi in inputs], "inputs")
+        )
+    others = [vi for vi in inputs if vi.name != input_name and vi.name not in constants]
+    if others:
+        raise ModelError(
+            f"{label} has other inputs besides {input_name!r}: {', '.join(io.describe_input(vi) for vi in others)}. "
+            "gradsal differentiates one input: fix the others with constant_inputs={name: array}."
+        )
+    return chosen
+
+
+def _fold_constant_inputs(proto: Any, constant_inputs: Mapping[str, Any], input_name: str, label: str) -> None:
+    from onnx import numpy_helper
+
+    inputs = {vi.name: vi for vi in io.data_inputs(proto.graph)}
+    for name, value in constant_inputs.items():
+        if name == input_name or name not in inputs:
+            raise ModelError(
+                f"constant_inputs names {name!r}, which is not another input of {label}; its inputs are "
+                f"{', '.join(io.describe_input(vi) for vi in inputs.values())}."
+            )
+        dtype = io.declared_dtype(inputs[name])
+        array = np.asarray(value, dtype=dtype)
+        proto.graph.initializer.append(numpy_helper.from_array(array, name))
+        kept = [vi for vi in proto.graph.input if vi.name != name]
+        del proto.graph.input[:]
+        proto.graph.input.extend(kept)
+
+
+def _choose_output(graph: Any, output_name: str | None, explain_logits: bool, label: str) -> str:
+    if output_name is not None:
+        names = io.tensor_names(graph)
+        if output_name not in names:
+            raise ModelError(
+                f"{label} has no tensor named {output_name!r} to explain. "
+                + io.close_matches(output_name, [o.name for o in graph.output] + names, "tensors")
+            )
+        return output_name
+    if not graph.output:
+        raise ModelError(f"{label} has no graph outputs; pass output_name= to explain an intermediate tensor.")
+    first = graph.output[0].name
+    if not explain_logits:
+        return first
+    made_by = io.producers(graph)
+    node = made_by.get(first)
+    while node is not None and node.op_type == "Identity":
+        node = made_by.get(node.input[0])
+    if node is None or node.op_type not in ("Softmax", "LogSoftmax") or node.domain not in ("", "ai.onnx"):
+        return first
+    logits = node.input[0]
+    warnings.warn(
+        f"The model's output {first!r} is the {node.op_type} of {logits!r}: gradsal explains the logits "
+        f"{logits!r} (gradients of normalised probabilities mix in every other class). Pass "
+        f"output_name={first!r} or explain_logits=False to explain the probabilities.",
+        LogitsWarning, stacklevel=4)
+    return logits
+
+
+def _message(exc: BaseException) -> str:
+    """The framework's message, kept whole up to a sane length (onnxruntime's are mostly one line)."""
+    text = " ".join(str(exc).split())
+    return (text[:1500] + " ...") if len(text) > 1500 else text or type(exc).__name__
+
+
+def is_onnx_path(model: Any) -> bool:
+    """True for a str or os.PathLike whose name ends in ``.onnx`` (any case); never touches the disk."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    return isinstance(model, str) and model.lower().endswith(".onnx")

@@ -1,0 +1,217 @@
+"""Property tests of the pooling rules (MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool) in
+backends/onnx/_conv.py.
+
+Models are checked with ``assert_gradients_match`` (central finite differences of the original model
+in onnxruntime, and <J u, v> = <u, J^T v>). MaxPool runs in float64 on inputs without ties (a scaled
+random permutation), AveragePool and the global pools in float32 (their only onnxruntime kernels). The
+tie rule (the first maximum of a window in scan order receives the whole cotangent) is checked against a
+NumPy loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from harness import assert_gradients_match, make_model, run_vjp
+from hypothesis import given
+from hypothesis import strategies as st
+from onnx import helper
+
+from gradsal.backends.onnx import _conv
+
+F32, F64 = np.float32, np.float64
+
+
+def node(op, inputs, outputs=("y",), **attrs):
+    return helper.make_node(op, list(inputs), list(outputs), **attrs)
+
+
+def check(nodes, x, *, opset=17):
+    assert_gradients_match(make_model(nodes, {"x": x}, ["y"], opset=opset), x)
+
+
+def without_ties(seed: int, shape, dtype, spacing: float) -> np.ndarray:
+    """Distinct values ``spacing`` apart, centred on 0, in random order."""
+    count = int(np.prod(shape))
+    order = np.random.default_rng(seed).permutation(count)
+    return ((order - count / 2) * spacing).reshape(shape).astype(dtype)
+
+
+def output_size(size: int, kernel: int, stride: int, dilation: int, pads: int, ceil_mode: int) -> int:
+    span = size + pads - dilation * (kernel - 1) - 1
+    return (-(-span // stride) if ceil_mode else span // stride) + 1
+
+
+@st.composite
+def pool_geometry(draw, *, dilations_allowed: bool):
+    """Kernel, strides, dilations, pads (below the kernel, as onnxruntime requires) and sizes of a pool."""
+    rank = draw(st.sampled_from([1, 2, 2, 3]))
+    auto_pad = draw(st.sampled_from(["NOTSET", "NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]))
+    kernel = [draw(st.integers(1, 2 if rank == 3 else 3)) for _ in range(rank)]
+    strides = [draw(st.integers(1, 3)) for _ in range(rank)]
+    if auto_pad.startswith("SAME"):  # onnxruntime's pools refuse the negative SAME padding of stride > kernel
+        strides = [min(s, k) for s, k in zip(strides, kernel, strict=True)]
+    dilated = dilations_allowed and auto_pad == "NOTSET"
+    dilations = [draw(st.integers(1, 2)) if dilated else 1 for _ in range(rank)]
+    pads = [0] * (2 * rank)
+    if auto_pad == "NOTSET":
+        pads = [draw(st.integers(0, kernel[a % rank] - 1)) for a in range(2 * rank)]
+    ceil_mode = draw(st.integers(0, 1))
+    sizes = []
+    for a in range(rank):
+        extent = dilations[a] * (kernel[a] - 1) + 1
+        # a dilated window could fall entirely on padding (no maximum); an input at least one window long cannot
+        low = extent if dilations[a] > 1 else max(1, extent - pads[a] - pads[rank + a])
+        sizes.append(draw(st.integers(low, low + (5 if rank == 1 else 3 if rank == 2 else 1))))
+        # a ceil_mode window starting in the end padding is dropped by onnxruntime but not by ONNX's
+        # shape inference; keep clear of that disagreement
+        out = output_size(sizes[a], kernel[a], strides[a], dilations[a], pads[a] + pads[rank + a], ceil_mode)
+        if ceil_mode and auto_pad == "NOTSET" and (out - 1) * strides[a] >= sizes[a] + pads[a]:
+            ceil_mode = 0
+    attrs = dict(kernel_shape=kernel, strides=strides)
+    if auto_pad == "NOTSET":
+        attrs.update(pads=pads, ceil_mode=ceil_mode)
+        if dilated:
+            attrs["dilations"] = dilations
+    else:
+        attrs["auto_pad"] = auto_pad
+    return sizes, attrs
+
+
+# ------------------------------------------------------------------------------------------ MaxPool
+
+
+@given(data=st.data())
+def test_max_pool(data):
+    """Scatter to the argmax: MaxUnpool (float32, disjoint windows), one ScatterElements (add from opset 16
+    when windows overlap), per-phase scatters before opset 16."""
+    sizes, attrs = data.draw(pool_geometry(dilations_allowed=True))
+    shape = [data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)), *sizes]
+    if np.prod(shape) > 20 or data.draw(st.booleans()):  # float64: a negligible finite-difference step
+        x = without_ties(data.draw(st.integers(0, 99)), shape, F64, 0.1)
+    else:  # float32 (MaxUnpool path): values in [-1, 1] spaced >= 0.095, beyond the harness's steps
+        x = without_ties(data.draw(st.integers(0, 99)), shape, F32, 1.9 / np.prod(shape))
+    attrs["storage_order"] = data.draw(st.integers(0, 1)) if len(sizes) == 2 else 0
+    outputs = ["y", "indices"] if data.draw(st.booleans()) else ["y"]
+    check([node("MaxPool", ["x"], outputs, **attrs)], x, opset=data.draw(st.sampled_from([11, 12, 13, 16, 17, 21])))
+
+
+def first_maximum_gradient(x: np.ndarray, v: np.ndarray, kernel, strides, pads) -> np.ndarray:
+    """NumPy reference for 2-D max pooling: each window's first maximum (scan order) receives v."""
+    grad = np.zeros_like(x)
+    height, width = x.shape[2:]
+    for n, c, oh, ow in itertools.product(*map(range, v.shape)):
+        best = None
+        for i, j in itertools.product(range(kernel[0]), range(kernel[1])):
+            h, w = oh * strides[0] + i - pads[0], ow * strides[1] + j - pads[1]
+            if 0 <= h < height and 0 <= w < width and (best is None or x[n, c, h, w] > x[n, c, best[0], best[1]]):
+                best = (h, w)
+        grad[n, c, best[0], best[1]] += v[n, c, oh, ow]
+    return grad
+
+
+def test_max_pool_ties_go_to_the_first_maximum():
+    """Documented tie rule: with equal values the first one in scan order wins the whole cotangent."""
+    rng = np.random.default_rng(0)
+    x = np.round(rng.random((1, 2, 6, 5)) * 2) / 2  # values 0, 0.5, 1: ties everywhere
+    for opset, (kernel, strides, pads) in itertools.product(
+        [13, 17], [([2, 2], [2, 2], [0, 0, 0, 0]), ([3, 3], [1, 2], [1, 1, 1, 1]), ([3, 2], [2, 1], [2, 0, 1, 1])]
+    ):
+        model = make_model([node("MaxPool", ["x"], kernel_shape=kernel, strides=strides, pads=pads)],
+                           {"x": x}, ["y"], opset=opset)
+        y_shape = [1, 2, *[(s + p0 + p1 - k) // st + 1 for s, p0, p1, k, st in
+                           zip(x.shape[2:], pads[:2], pads[2:], kernel, strides, strict=True)]]
+        v = rng.standard_normal(y_shape)
+        _, g = run_vjp(model, x, v)
+        np.testing.assert_allclose(g, first_maximum_gradient(x, v, kernel, strides, pads), rtol=1e-12, atol=1e-12)
+
+
+# -------------------------------------------------------------------------------------- AveragePool
+
+
+@given(data=st.data())
+def test_average_pool(data):
+    """count_include_pad, ceil_mode, auto_pad; dilations at opset 19."""
+    opset = data.draw(st.sampled_from([11, 13, 17, 19, 21]))
+    sizes, attrs = data.draw(pool_geometry(dilations_allowed=opset >= 19))
+    attrs["count_include_pad"] = data.draw(st.integers(0, 1))
+    x = np.random.default_rng(data.draw(st.integers(0, 99))).standard_normal(
+        [data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)), *sizes]).astype(F32)
+    check([node("AveragePool", ["x"], **attrs)], x, opset=opset)
+
+
+# ------------------------------------------------------------------------------------- global pools
+
+
+@given(data=st.data())
+def test_global_average_pool(data):
+    rank = data.draw(st.integers(3, 5))
+    shape = [data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), *[data.draw(st.integers(1, 3))
+                                                                          for _ in range(rank - 2)]]
+    x = np.random.default_rng(data.draw(st.integers(0, 99))).standard_normal(shape).astype(F32)
+    check([node("GlobalAveragePool", ["x"])], x, opset=data.draw(st.sampled_from([11, 13, 17, 21])))
+
+
+@given(data=st.data())
+def test_global_max_pool(data):
+    """Values 0.03 apart (well beyond the float32 finite-difference step), so every maximum is clear."""
+    rank = data.draw(st.integers(3, 4))
+    shape = [data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), *[data.draw(st.integers(1, 3))
+                                                                          for _ in range(rank - 2)]]
+    x = without_ties(data.draw(st.integers(0, 99)), shape, F32, 0.03)
+    check([node("GlobalMaxPool", ["x"])], x, opset=data.draw(st.sampled_from([11, 13, 17, 21])))
+
+
+def test_global_max_pool_ties_go_to_the_first_maximum():
+    x = np.zeros((2, 3, 2, 2), F32)
+    x[1, 2] = [[0.0, 1.0], [1.0, 0.0]]
+    v = np.arange(1, 7, dtype=F32).reshape(2, 3, 1, 1)
+    _, g = run_vjp(make_model([node("GlobalMaxPool", ["x"])], {"x": x}, ["y"]), x, v)
+    expected = np.zeros_like(x)
+    expected[:, :, 0, 0] = v[:, :, 0, 0]
+    expected[1, 2] = [[0.0, 6.0], [0.0, 0.0]]
+    np.testing.assert_array_equal(g, expected)
+
+
+AVERAGE_POOL_CASES = [
+    dict(kernel_shape=[2, 2], strides=[2, 2]),
+    dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
+    dict(kernel_shape=[3, 2], strides=[2, 3], pads=[1, 0, 2, 1], count_include_pad=1),
+    dict(kernel_shape=[3], strides=[2], pads=[2, 1], ceil_mode=1),
+]
+
+
+@pytest.mark.parametrize("strategy", ["transpose", "conv"])
+@pytest.mark.parametrize("attrs", AVERAGE_POOL_CASES, ids=[f"case{i}" for i in range(len(AVERAGE_POOL_CASES))])
+def test_average_pool_strategies(strategy, attrs, monkeypatch):
+    """Both ways of writing the window-sum adjoint (the benchmark's alternative too) are exact."""
+    monkeypatch.setattr(_conv, "POOL_GRAD_STRATEGY", dict.fromkeys(_conv.POOL_GRAD_STRATEGY, strategy))
+    spatial = [7] * len(attrs["kernel_shape"])
+    x = np.random.default_rng(3).standard_normal([2, 3, *spatial]).astype(F32)
+    check([node("AveragePool", ["x"], **attrs)], x)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_conv_max_pool_chain_matches_torch(opset):
+    """Conv(s2) -> MaxPool(3x3 s2 p1, overlapping) -> depthwise Conv(s2) on float32 data from a Conv (no
+    ties by construction of random data), against torch autograd: an independent reference at a size where
+    finite differences would step across the pooling's kinks."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 4, 13, 11)).astype(F32)
+    w1, w2 = rng.standard_normal((8, 4, 3, 3)).astype(F32), rng.standard_normal((8, 1, 3, 3)).astype(F32)
+    nodes = [node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             node("MaxPool", ["c1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             node("Conv", ["p1", "W2"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2], group=8)]
+    model = make_model(nodes, {"x": x}, ["y"], initializers={"W1": w1, "W2": w2}, opset=opset)
+    x_t = torch.tensor(x, requires_grad=True)
+    hidden = torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(x_t, torch.tensor(w1), padding=1, stride=2),
+                                            3, 2, 1)
+    y_t = torch.nn.functional.conv2d(hidden, torch.tensor(w2), padding=1, stride=2, groups=8)
+    v = rng.standard_normal(tuple(y_t.shape)).astype(F32)
+    y_t.backward(torch.tensor(v))
+    y, g = run_vjp(model, x, v)
+    np.testing.assert_allclose(y, y_t.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(g, x_t.grad.numpy(), rtol=1e-4, atol=1e-4 * np.abs(g).max())
