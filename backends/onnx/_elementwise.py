@@ -306,10 +306,25 @@ def _hard_swish(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """y = x h(x), h = clip(x/6 + 1/2, 0, 1): dy/dx = h + x/6 [|x| < 3] = h + (h - 1/2) [|x| < 3]
     (x/3 + 1/2 inside, 0 below -3, 1 above 3)."""
     x = node.input[0]
-    inside = _mask(ctx, ctx.emit1("Less", [ctx.emit1("Abs", [x]), _scalar(ctx, 3.0, x)]), x)
     h = ctx.emit1("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)
-    ramp = _mul(ctx, ctx.emit1("Sub", [h, _scalar(ctx, 0.5, x)]), inside)
+    if _elem_type(ctx, x) == 1:
+        # Only ops onnxruntime runs in its blocked NCHWc layout (HardSigmoid, Mul, Add, per-channel Mul),
+        # so the gradient chain needs no layout reorders around the Convs: [|x| < 3] = [x > -3] [x < 3].
+        inside = _mul(ctx, _steep_step(ctx, x, -3.0, 1.0), _steep_step(ctx, x, 3.0, -1.0))
+        ramp = _scale(ctx, _mul(ctx, x, inside), 1.0 / 6.0, like=x)
+    else:
+        inside = _mask(ctx, ctx.emit1("Less", [ctx.emit1("Abs", [x]), _scalar(ctx, 3.0, x)]), x)
+        ramp = _mul(ctx, ctx.emit1("Sub", [h, _scalar(ctx, 0.5, x)]), inside)
     return _mul(ctx, v, ctx.emit1("Add", [h, ramp]))
+
+
+def _scale(ctx: RuleContext, v: str, factor: float, like: str) -> str:
+    """``v * factor`` for ``v`` shaped like the primal ``like``; on a rank-4 tensor as a per-channel
+    multiply, which onnxruntime keeps in its NCHWc layout (a scalar multiply would force a reorder)."""
+    shape = ctx.shape(like)
+    if len(shape) == 4:
+        return _mul(ctx, v, ctx.const(np.full((1, shape[1], 1, 1), factor, dtype=ctx.dtype(like))))
+    return _mul(ctx, v, _scalar(ctx, factor, like))
 
 
 @_diagonal("Gelu")
@@ -370,9 +385,46 @@ def _clip_bounds(ctx: RuleContext, node: NodeProto) -> tuple[str | None, str | N
 
 
 def _clip_inside(ctx: RuleContext, node: NodeProto) -> str:
-    """1 where min < x < max: exactly where the output equals the input (works for every opset form)."""
+    """1 where min < x < max.
+
+    float32 with constant bounds: a product of steep HardSigmoid steps of the output y (min < y, y < max),
+    which onnxruntime runs in its blocked NCHWc layout next to the Convs, keeping Conv+Clip fused. Else
+    (and for a Clip without bounds) exactly where the output equals the input, which works for every form.
+    """
     x, y = node.input[0], node.output[0]
+    bounds = _constant_clip_bounds(ctx, node)
+    if _elem_type(ctx, y) == 1 and bounds is not None and any(b is not None for b in bounds):
+        low, high = bounds
+        steps = [_steep_step(ctx, y, bound, side) for bound, side in ((low, 1.0), (high, -1.0)) if bound is not None]
+        return steps[0] if len(steps) == 1 else _mul(ctx, steps[0], steps[1])
     return _mask(ctx, _equal(ctx, x, y), x)
+
+
+def _constant_clip_bounds(ctx: RuleContext, node: NodeProto) -> tuple[float | None, float | None] | None:
+    """(min, max) as floats when known at build time (None for an absent or infinite bound), else None."""
+    if ctx.opset < 11:
+        values = [ctx.attr(node, "min", None), ctx.attr(node, "max", None)]
+    else:
+        values = []
+        for name in _clip_bounds(ctx, node):
+            value = None if name is None else ctx.value(name)
+            if name is not None and value is None:
+                return None  # a bound computed from the input
+            values.append(value)
+    if any(v is not None and np.asarray(v).size != 1 for v in values):
+        return None
+    bounds = [None if v is None else float(np.asarray(v).reshape(-1)[0]) for v in values]
+    return tuple(None if b is None or not abs(b) < 1e38 else b for b in bounds)  # type: ignore[return-value]
+
+
+def _steep_step(ctx: RuleContext, y: str, bound: float, side: float) -> str:
+    """float32 ``[y > bound]`` (side=1) or ``[y < bound]`` (side=-1) as HardSigmoid(side s (y - bound)).
+
+    The slope s (1e30, less for huge bounds so that s |bound| stays finite) makes the ramp narrower than
+    float32's spacing: the result is exactly 0 or 1 except within an ulp of the bound, i.e. at the kink.
+    """
+    slope = 1e30 if abs(bound) <= 1e7 else 1e37 / abs(bound)
+    return ctx.emit1("HardSigmoid", [y], alpha=side * slope, beta=-side * slope * bound)
 
 
 @vjp_rule("Clip")
