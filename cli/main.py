@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(evaluate, inputs_required=True)
     evaluate.add_argument("--methods", nargs="+", default=["vanilla", "smoothgrad", "ig"],
                           choices=["vanilla", "gradxinput", "smoothgrad", "ig", "guided"])
+    evaluate.add_argument("--step", type=float, default=0.05,
+                          help="share of pixels removed/revealed per curve step (default 0.05)")
+    evaluate.add_argument("--no-randomization", action="store_true",
+                          help="skip the model-randomisation column (it costs one run per method and weight layer)")
     evaluate.add_argument("--out", default="gradsal-eval", help="output folder for the curves plot")
     return parser
 
