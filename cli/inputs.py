@@ -13,6 +13,7 @@ from ..core.errors import InputError, MissingDependencyError, ModelError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt"}
+GRAY_MODES = {"1", "L", "LA", "La"}  # pillow modes of 8-bit (or 1-bit) grayscale images
 
 
 @dataclass(frozen=True)
@@ -126,14 +127,19 @@ def expand_inputs(paths: list[str]) -> list[Path]:
 
 
 def read_image(path: Path, size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
-    """An image as float32 (H, W, C) in [0, 1], converted to ``channels`` and resized to ``size`` (H, W)."""
+    """An image as float32 (H, W, C) in [0, 1], converted to ``channels`` and resized to ``size`` (H, W).
+
+    ``channels=None`` (the model does not declare it, e.g. TorchScript): grayscale files stay one channel,
+    everything else becomes RGB.
+    """
     try:
         from PIL import Image
     except ImportError as exc:
         raise MissingDependencyError("reading images needs pillow: pip install 'gradsal[viz]'") from exc
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
+            gray = channels == 1 or (channels is None and img.mode in GRAY_MODES)
+            img = img.convert("L" if gray else "RGB")
             if size is not None and (img.height, img.width) != size:
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(img, dtype=np.float32) / 255.0

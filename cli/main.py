@@ -104,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return _dispatch(args)
+    except BrokenPipeError:  # `gradsal ... | head`: the reader has gone; say nothing more
+        sys.stderr.close()
+        return 141
     except (GradsalError, OSError) as exc:
         if args.debug:
             traceback.print_exc()
