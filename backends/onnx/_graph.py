@@ -6,6 +6,14 @@ one onnxruntime session: inputs ``x`` and a seed (cotangent or tangent), outputs
 and ``J^T v`` (or ``J u``). Shapes are made concrete at the caller's input shape, after a probe run of
 the model that records every tensor's shape and the value of every tensor that does not depend on the
 input's values (shape arithmetic), so rules can work with static shapes and constant axes.
+
+"Does not depend on the input's values" is decided by :func:`_dependence`, which follows values *and*
+shapes: ``Shape`` of an activation is a constant, but ``Shape`` of a tensor whose shape is set by the
+input's values (a ``Range`` up to ``ReduceMax(x)``, a ``NonZero``) is not, and neither is anything a
+``Range``, ``ConstantOfShape`` or ``EyeLike`` computes from such values. Tensors whose shape may change
+with the input's values make the graph valid only at the probed point: the builder adds a ``Shape``
+output for each of them (``GradientGraph.shape_checks``), and the backend rebuilds the graph when a
+run finds another shape.
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ class GradientGraph:
     result_name: str
     wrt_name: str
     mode: str
+    shape_checks: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+    """(graph output, tensor, shape at the probe) for each tensor whose shape may change with the
+    input's values: the graph is valid for an input where every such output equals the probed shape."""
 
 
 def _np_dtype(elem_type: int) -> np.dtype:
@@ -60,7 +71,8 @@ def _np_dtype(elem_type: int) -> np.dtype:
 class _Probe:
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, np.dtype]
-    values: dict[str, np.ndarray]
+    values: dict[str, np.ndarray]  # only tensors that do not vary with the input's values
+    varying_shapes: set[str] = field(default_factory=set)  # tensors whose shape may vary with them
 
 
 def _default_opset(model: Any) -> int:
@@ -70,15 +82,57 @@ def _default_opset(model: Any) -> int:
     raise ModelError("the ONNX model imports no default ('ai.onnx') opset; it cannot be differentiated.")
 
 
-def _value_dependent(graph: Any, sources: set[str]) -> set[str]:
-    """Tensors whose values change with the values of ``sources`` (Shape and the like break the chain)."""
-    dependent = set(sources)
+# Inputs whose *values* set the shape of a default-domain operator's outputs, by position (None: all of
+# them, subgraph reads included). Every other default-domain operator shapes its outputs from its inputs'
+# shapes and its attributes alone; operators of other domains are assumed to be like ``None``.
+_SHAPE_SETTING_INPUTS: dict[str, tuple[int, ...] | None] = {
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Range": None,
+    "Slice": (1, 2, 3, 4), "Pad": (1, 3), "Resize": (1, 2, 3), "Upsample": (1,), "Split": (1,),
+    "Squeeze": (1,), "Unsqueeze": (1,), "OneHot": (1,), "NonZero": (0,), "TopK": (1,), "Compress": (1,),
+    "Unique": (0,), "CenterCropPad": (1,), "MaxUnpool": (2,), "Col2Im": (1, 2), "DFT": (1,), "STFT": (1, 3),
+    "AffineGrid": (1,), "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,),
+    "NonMaxSuppression": None, "MelWeightMatrix": None, "StringSplit": None, "If": None, "Loop": None,
+    "Scan": None,
+    **{op: (1,) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                           "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
+}
+# Operators whose outputs depend on their input's shape only, never on its values.
+_SHAPE_READERS = frozenset({"Shape", "Size", "EyeLike"})
+
+
+def _reads(node: Any) -> list[str]:
+    """The tensors a node reads: its inputs, and the outer-scope tensors its subgraphs use."""
+    names = [name for name in node.input if name]
+    for attribute in node.attribute:
+        for sub in [attribute.g, *attribute.graphs]:
+            names.extend(name for n in sub.node for name in _reads(n))
+    return names
+
+
+def _dependence(graph: Any, sources: set[str],
+                static: frozenset[str] | set[str] = frozenset()) -> tuple[set[str], set[str]]:
+    """(tensors whose values may vary with the values of ``sources``, tensors whose shapes may).
+
+    Random draws count as varying. A conservative reading: a tensor not in the first set is a constant
+    of the graph at a given input shape, which rules may read (axes, pads, target shapes, indices).
+    ``static``: tensors whose shapes shape inference fixed at the concrete input shape (never varying).
+    """
+    values, shapes = set(sources), set()
     for node in graph.node:
-        if node.op_type in _rules.SHAPE_ONLY_OPS and not node.op_type.startswith("Random"):
-            continue
-        if any(name in dependent for name in node.input if name):
-            dependent.update(name for name in node.output if name)
-    return dependent
+        reads = _reads(node)
+        outputs = [name for name in node.output if name]
+        shape_varies = any(name in shapes for name in reads)
+        if node.op_type in _SHAPE_READERS:
+            value_varies = shape_varies
+        else:
+            value_varies = node.op_type in _rules.RANDOM_OPS or any(name in values for name in reads)
+        positions = _SHAPE_SETTING_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else None
+        setting = reads if positions is None else [node.input[i] for i in positions if i < len(node.input)]
+        if shape_varies or any(name in values for name in setting if name):
+            shapes.update(name for name in outputs if name not in static)
+        if value_varies:
+            values.update(outputs)
+    return values, shapes
 
 
 def _concrete_input(value_info: Any, shape: Sequence[int]) -> Any:
@@ -88,8 +142,9 @@ def _concrete_input(value_info: Any, shape: Sequence[int]) -> Any:
     return helper.make_tensor_value_info(value_info.name, elem, list(shape))
 
 
-def _probe(model: Any, input_name: str, input_shape: Sequence[int]) -> _Probe:
-    """Run the model once at ``input_shape`` recording tensor shapes, dtypes and constant values."""
+def _probe(model: Any, input_name: str, input_shape: Sequence[int], x: np.ndarray | None = None) -> _Probe:
+    """Run the model once at ``x`` (zeros of ``input_shape`` by default) recording tensor shapes, dtypes,
+    the values of the tensors that do not vary with the input's values, and which shapes may vary."""
     import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
@@ -112,8 +167,11 @@ def _probe(model: Any, input_name: str, input_shape: Sequence[int]) -> _Probe:
         probe_graph.input.append(_concrete_input(vi, input_shape) if vi.name == input_name else vi)
     del probe_graph.output[:]
     del probe_graph.value_info[:]
+    plain_model = helper.make_model(probe_graph, opset_imports=list(model.opset_import))
+    plain_model.ir_version = model.ir_version
+    dtypes, static = _inferred(plain_model)
 
-    dependent = _value_dependent(graph, {vi.name for vi in data_inputs})
+    dependent, varying_shapes = _dependence(graph, {vi.name for vi in data_inputs}, static)
     tensors = [name for node in graph.node for name in node.output if name]
     shape_outputs: dict[str, str] = {}
     for name in tensors:
@@ -127,9 +185,15 @@ def _probe(model: Any, input_name: str, input_shape: Sequence[int]) -> _Probe:
     probe_model = helper.make_model(probe_graph, opset_imports=list(model.opset_import))
     probe_model.ir_version = model.ir_version
 
-    dtypes = _inferred_dtypes(probe_model)
     dtypes[input_name] = _np_dtype(input_vi.type.tensor_type.elem_type)
-    feeds = {input_name: np.zeros(tuple(input_shape), dtype=dtypes[input_name])}
+    probed_at_zeros = x is None
+    if x is None:
+        x = np.zeros(tuple(input_shape), dtype=dtypes[input_name])
+    elif tuple(x.shape) != tuple(input_shape):
+        raise BackendError(
+            f"gradsal internal error: the probe input has shape {x.shape}, not {tuple(input_shape)}"
+        )
+    feeds = {input_name: np.asarray(x, dtype=dtypes[input_name])}
     for vi in data_inputs:
         if vi.name != input_name:
             raise ModelError(
@@ -145,8 +209,10 @@ def _probe(model: Any, input_name: str, input_shape: Sequence[int]) -> _Probe:
         )
         results = session.run(None, feeds)
     except Exception as exc:
+        at = "zeros" if probed_at_zeros else "x"
         raise BackendError(
-            f"onnxruntime could not run the model at input shape {tuple(input_shape)}: {exc}"
+            f"onnxruntime could not run the model at input shape {tuple(input_shape)} (on {at}, to probe its "
+            f"tensors): {' '.join(str(exc).split())}. Check that the model runs on such an input (forward(x))."
         ) from exc
 
     shapes: dict[str, tuple[int, ...]] = {input_name: tuple(int(d) for d in input_shape)}
@@ -161,22 +227,26 @@ def _probe(model: Any, input_name: str, input_shape: Sequence[int]) -> _Probe:
     for name, value in values.items():
         shapes.setdefault(name, tuple(value.shape))
         dtypes[name] = value.dtype
-    return _Probe(shapes, dtypes, values)
+    return _Probe(shapes, dtypes, values, varying_shapes)
 
 
-def _inferred_dtypes(model: Any) -> dict[str, np.dtype]:
+def _inferred(model: Any) -> tuple[dict[str, np.dtype], set[str]]:
+    """(dtypes, tensors whose shape ONNX shape inference finds fully static) at the model's concrete input."""
     import onnx
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # inference is only a source of dtypes here; gaps fall back below
+    except Exception:  # inference is only a source of dtypes and static shapes here; gaps fall back
         inferred = model
     dtypes: dict[str, np.dtype] = {}
+    static: set[str] = set()
     for vi in itertools.chain(inferred.graph.value_info, inferred.graph.input, inferred.graph.output):
-        elem = vi.type.tensor_type.elem_type
-        if elem:
-            dtypes[vi.name] = _np_dtype(elem)
-    return dtypes
+        tensor_type = vi.type.tensor_type
+        if tensor_type.elem_type:
+            dtypes[vi.name] = _np_dtype(tensor_type.elem_type)
+        if tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in tensor_type.shape.dim):
+            static.add(vi.name)
+    return dtypes, static
 
 
 def _differentiable_inputs(node: Any) -> list[int]:
@@ -445,6 +515,7 @@ def build_gradient_model(
     mode: Literal["vjp", "jvp"] = "vjp",
     wrt: str | None = None,
     relu_rule: str = "standard",
+    probe_input: np.ndarray | None = None,
 ) -> GradientGraph:
     """Return the VJP (``mode="vjp"``) or JVP (``"jvp"``) model of ``output_name`` at ``input_shape``.
 
@@ -452,6 +523,10 @@ def build_gradient_model(
     ``J^T cotangent`` with respect to ``wrt`` (the input by default, or any intermediate tensor); the JVP
     model takes a tangent shaped like the input and returns ``J tangent``. Raises
     :class:`UnsupportedOperatorError` when a node on the path has no rule.
+
+    ``probe_input``: the input at which the model is probed (zeros by default). It matters only for
+    tensors whose shapes vary with the input's values; the graph is valid where they have the shapes
+    they had at the probe, which its ``shape_checks`` outputs let the caller verify.
     """
     import onnx
     from onnx import helper
@@ -460,7 +535,7 @@ def build_gradient_model(
     graph = model.graph
     opset = _default_opset(model)
     source = wrt or input_name
-    probe = _probe(model, input_name, input_shape)
+    probe = _probe(model, input_name, input_shape, probe_input)
     for name in (output_name, source):
         if name not in probe.shapes:
             raise ModelError(f"the model has no tensor named {name!r}.")
@@ -480,8 +555,10 @@ def build_gradient_model(
     result = emit(builder, path_nodes, source, output_name, seed)
     result_like = source if mode == "vjp" else output_name
     builder.nodes.append(helper.make_node("Identity", [result], [RESULT_NAME], name="gradsal_result"))
+    checks = _shape_checks(builder, path_nodes, [output_name, source])
 
     outputs = [output_name, RESULT_NAME] + ([source] if source != input_name else [])
+    outputs += [check for check, _, _ in checks]
     all_nodes = _needed_nodes([*graph.node, *builder.nodes], set(outputs))
     input_vi = next(vi for vi in graph.input if vi.name == input_name)
     seed_elem = helper.np_dtype_to_tensor_dtype(builder.dtype(seed_like))
@@ -504,6 +581,8 @@ def build_gradient_model(
                                                list(builder.shape(source)))]
                 if source != input_name else []
             ),
+            *(helper.make_tensor_value_info(check, onnx.TensorProto.INT64, [len(shape)])
+              for check, _, shape in checks),
         ],
         [*graph.initializer, *builder.initializers],
     )
@@ -516,7 +595,22 @@ def build_gradient_model(
             f"gradsal internal error: the {mode.upper()} graph it built is not valid ONNX ({exc}). "
             "Please report this with the model."
         ) from exc
-    return GradientGraph(grad_model, input_name, seed, output_name, RESULT_NAME, source, mode)
+    return GradientGraph(grad_model, input_name, seed, output_name, RESULT_NAME, source, mode, tuple(checks))
+
+
+def _shape_checks(builder: _Builder, path_nodes: list[Any],
+                  extra: list[str]) -> list[tuple[str, str, tuple[int, ...]]]:
+    """A ``Shape`` output for every tensor the rules saw whose shape may vary with the input's values."""
+    from onnx import helper
+
+    seen = [*extra, *(name for node in path_nodes for name in (*node.input, *node.output) if name)]
+    varying = [name for name in dict.fromkeys(seen) if name in builder.probe.varying_shapes]
+    checks = []
+    for name in varying:
+        check = builder.fresh("shape_check")
+        builder.nodes.append(helper.make_node("Shape", [name], [check], name=check))
+        checks.append((check, name, tuple(builder.shape(name))))
+    return checks
 
 
 _RULE_MODULES = ("_elementwise", "_conv", "_tensor")

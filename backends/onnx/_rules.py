@@ -73,8 +73,10 @@ class RuleContext(Protocol):
     def value(self, name: str) -> np.ndarray | None:
         """Value of a tensor that does not depend on the input's values, else None.
 
-        Initializers, Constant outputs and shape arithmetic (Shape -> Gather -> Concat ...) qualify.
-        Read axes, pads, starts, target shapes and scales this way; never data.
+        Initializers, Constant outputs and shape arithmetic (Shape -> Gather -> Concat ...) qualify; a
+        Range, ConstantOfShape or EyeLike computed from the input's values does not, nor does the Shape
+        of a tensor whose shape depends on them (a NonZero). Read axes, pads, starts, target shapes and
+        scales this way; never data.
         """
 
     def needs_grad(self, name: str) -> bool:
@@ -106,11 +108,21 @@ _VJP: dict[str, VjpRule] = {}
 _JVP: dict[str, JvpRule] = {}
 _DIFFERENTIABLE: dict[str, tuple[int, ...] | None] = {}
 
-# Operators whose outputs carry only shape information or a constant: they end the differentiated path
-# silently (Shape of an activation is not a function of its values).
+# Operators whose outputs carry only shape information, a constant or random draws: they end the
+# differentiated path silently, because their outputs' values are no differentiable function of their
+# inputs' values (Shape and EyeLike read only a shape; ConstantOfShape's fill is a constant, its shape an
+# integer; random draws are not functions at all). Range is not here: its values, start + i delta, are
+# differentiable in start and delta (it has a rule, in ``_tensor``). An output of these operators may
+# still *vary* with the input's values (ConstantOfShape of a shape computed from them): the builder
+# never reads such a tensor as a constant (see ``_graph._dependence``).
 SHAPE_ONLY_OPS = frozenset({
-    "Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike", "RandomNormal", "RandomUniform",
+    "Shape", "Size", "Constant", "ConstantOfShape", "EyeLike", "RandomNormal", "RandomUniform",
     "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+})
+
+# Operators whose outputs are random: never a constant the builder may read, whatever their inputs.
+RANDOM_OPS = frozenset({
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
 })
 
 # Operators that are piecewise constant in their data inputs: on the differentiated path they are an

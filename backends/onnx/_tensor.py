@@ -1,7 +1,7 @@
 """VJP and JVP rules for ONNX's shape, indexing and reduction operators.
 
 Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Split, Slice, Gather, GatherElements, Expand, Tile,
-DepthToSpace, SpaceToDepth and the ReduceSum/Mean/Max/Min/SumSquare/L2/L1/LogSum/LogSumExp family.
+DepthToSpace, SpaceToDepth, Range and the ReduceSum/Mean/Max/Min/SumSquare/L2/L1/LogSum/LogSumExp family.
 Every rule emits standard ONNX nodes through the :class:`~._rules.RuleContext`. Choices that keep the
 gradient graph cheap (issue 9) and valid at the model's own opset:
 
@@ -23,6 +23,12 @@ gradient graph cheap (issue 9) and valid at the model's own opset:
 ReduceMax and ReduceMin: the cotangent is shared equally among the elements that tie for the extreme
 (as ``torch.amax`` does), ``g [x == y] / #ties``; the JVP uses the same linear map (the mean of the tied
 tangents), so that <J u, v> = <u, J^T v> holds everywhere; without ties both are the usual derivative.
+
+Range(start, limit, delta) is ``start + i delta`` for ``i < n``, ``n = ceil((limit - start) / delta)``:
+when start or delta is computed from the input's values it is on the path, and differentiable wherever
+``n`` is locally constant (``n`` is an integer, so the limit has no gradient). Its length is then a shape
+that varies with the input's values, which the builder checks at run time (``GradientGraph.shape_checks``).
+An integer Range on the path is piecewise constant: an error.
 """
 
 from __future__ import annotations
@@ -815,3 +821,47 @@ def reduce_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
     if factor is not None:
         summed = ctx.emit1("Mul", [summed, factor])
     return [_reshape(ctx, summed, r.kept_shape, r.out_shape, x)]
+
+
+# ----------------------------------------------------------------------------------------------- Range
+
+
+def _range_parts(ctx: RuleContext, node: NodeProto) -> tuple[str, str, str, int]:
+    """(start, delta, the indices 0 .. n - 1 in the output's float type, n); refuses an integer Range."""
+    out = node.output[0]
+    dtype = np.dtype(ctx.dtype(out))
+    if dtype.kind != "f":
+        raise _unsupported(ctx, node, f"it computes {dtype} values from the input's values, which are piecewise "
+                                      "constant in them (zero gradient almost everywhere)")
+    (count,) = ctx.shape(out)
+    return node.input[0], node.input[2], ctx.const(np.arange(count, dtype=dtype)), int(count)
+
+
+@vjp_rule("Range", differentiable=(0, 2))
+def range_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
+    """``out[i] = start + i delta``: start gets sum(g), delta sum(i g); the limit only sets the length."""
+    result, g = _nothing(node), grads[0]
+    if g is None:
+        return result
+    start, delta, indices, _ = _range_parts(ctx, node)
+    if ctx.needs_grad(start):
+        result[0] = _reshape(ctx, _reduce_sum(ctx, g, [0], keepdims=0), (), ctx.shape(start), start)
+    if ctx.needs_grad(delta):
+        weighted = ctx.emit1("Mul", [g, indices])
+        result[2] = _reshape(ctx, _reduce_sum(ctx, weighted, [0], keepdims=0), (), ctx.shape(delta), delta)
+    return result
+
+
+@jvp_rule("Range")
+def range_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
+    """``t_start + i t_delta`` for every index ``i`` of the output (the limit's tangent does not count)."""
+    t_start, t_delta = tangents[0], tangents[2] if len(tangents) > 2 else None
+    if t_start is None and t_delta is None:
+        return [None]
+    start, delta, indices, count = _range_parts(ctx, node)
+    parts = []
+    if t_start is not None:
+        parts.append(_expand(ctx, _reshape(ctx, t_start, ctx.shape(start), (1,), start), (1,), (count,)))
+    if t_delta is not None:
+        parts.append(ctx.emit1("Mul", [_reshape(ctx, t_delta, ctx.shape(delta), (1,), delta), indices]))
+    return [parts[0] if len(parts) == 1 else ctx.emit1("Add", parts)]

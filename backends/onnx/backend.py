@@ -24,7 +24,11 @@ Rules, in the order they apply:
 - **Fallback**: an operator without a differentiation rule raises :class:`UnsupportedOperatorError`;
   ``fallback="finite_differences"`` instead warns (:class:`FiniteDifferenceWarning`) and differentiates
   the whole model numerically (central differences of ``forward``: slow, approximate). ``layer_vjp``
-  has no numerical fallback.
+  has no numerical fallback. A model declared with a fixed batch size gets the perturbed copies of ``x``
+  in batches of exactly that size (the last one padded by repeating its last row).
+- **Value-dependent shapes**: a graph is built at the first ``x`` of each shape. Where a tensor's shape
+  depends on the input's values (a ``Range`` up to ``ReduceMax(x)``), the gradient graph also returns
+  those shapes, and a run that finds other shapes than the build's rebuilds the graph at its own ``x``.
 """
 
 from __future__ import annotations
@@ -254,21 +258,19 @@ class OnnxBackend:
     def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(outputs, J(x)^T cotangent)`` from the reverse-mode gradient graph at ``x``'s shape."""
         x = self._check_x(x)
-        built = self._built(x.shape, "vjp", None)
-        if built is _FALLBACK:
+        results = self._gradient(x, "vjp", None, cotangent, "VJP")
+        if results is None:
             return self._numeric().vjp(x, cotangent)
-        seed = io.check_seed(cotangent, built.seed_shape, built.seed_dtype, "cotangent", "the model output")
-        output, grad = self._run_built(built, x, seed, "VJP")
+        output, grad = results
         return io.as_result(output), io.as_result(grad)
 
     def jvp(self, x: np.ndarray, tangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(outputs, J(x) tangent)`` from the forward-mode gradient graph at ``x``'s shape."""
         x = self._check_x(x)
-        built = self._built(x.shape, "jvp", None)
-        if built is _FALLBACK:
+        results = self._gradient(x, "jvp", None, tangent, "JVP")
+        if results is None:
             return self._numeric().jvp(x, tangent)
-        seed = io.check_seed(tangent, built.seed_shape, built.seed_dtype, "tangent", "x")
-        output, product = self._run_built(built, x, seed, "JVP")
+        output, product = results
         return io.as_result(output), io.as_result(product)
 
     def layer_vjp(self, x: np.ndarray, layer: str, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -281,11 +283,7 @@ class OnnxBackend:
         if layer == self._input_name:
             _, grad = self.vjp(x, cotangent)
             return io.as_result(x.copy()), grad  # a copy: x may be the caller's own array
-        built = self._built(x.shape, "vjp", layer)
-        seed = io.check_seed(cotangent, built.seed_shape, built.seed_dtype, "cotangent", "the model output")
-        names = [built.graph.wrt_name, built.graph.result_name]
-        feeds = {built.graph.input_name: x, built.graph.seed_name: seed}
-        activation, grad = self._run(built.session, names, feeds, f"layer VJP at {layer!r}")
+        activation, grad = self._gradient(x, "vjp", layer, cotangent, f"layer VJP at {layer!r}")
         return io.as_result(activation), io.as_result(grad)
 
     def layer_names(self, op_types: Sequence[str] | str = ("Conv",)) -> list[str]:
@@ -346,20 +344,60 @@ class OnnxBackend:
                 + " OnnxBackend.layer_names() lists the Conv outputs."
             )
 
-    def _built(self, shape: tuple[int, ...], mode: str, wrt: str | None) -> Any:
-        key = (tuple(shape), mode, wrt, self._relu_rule)
+    def _built(self, x: np.ndarray, mode: str, wrt: str | None, stale: Any = None) -> Any:
+        """The cached graph for ``x``'s shape, built (probed at ``x``) if missing or if it is ``stale``."""
+        key = (tuple(x.shape), mode, wrt, self._relu_rule)
         shared = self._shared
         with shared.lock:
-            if key in shared.cache:
+            if key in shared.cache and (stale is None or shared.cache[key] is not stale):
                 shared.cache.move_to_end(key)
                 return shared.cache[key]
-            built = self._build(shape, mode, wrt)
+            built = self._build(x, mode, wrt)
             shared.cache[key] = built
+            shared.cache.move_to_end(key)
             while len(shared.cache) > CACHE_SIZE:
                 shared.cache.popitem(last=False)
             return built
 
-    def _build(self, shape: tuple[int, ...], mode: str, wrt: str | None) -> Any:
+    def _gradient(self, x: np.ndarray, mode: str, wrt: str | None, seed: Any, what: str) -> list[np.ndarray] | None:
+        """``[output or activation, result]`` from the gradient graph at ``x``, or None for the fallback.
+
+        A graph with tensors whose shapes vary with the input's values (``shape_checks``) is valid only
+        where they have the shapes of its build: if a run finds others (or fails, or the seed has another
+        shape than the build's output), the graph is rebuilt once at this ``x``.
+        """
+        built = self._built(x, mode, wrt)
+        for retry in (False, True):
+            if built is _FALLBACK:
+                return None
+            graph = built.graph
+            checks = graph.shape_checks
+            like = "x" if mode == "jvp" else "the model output"
+            names = [graph.wrt_name if wrt is not None else graph.output_name, graph.result_name]
+            try:
+                seed_array = io.check_seed(seed, built.seed_shape, built.seed_dtype,
+                                           "tangent" if mode == "jvp" else "cotangent", like)
+                feeds = {graph.input_name: x, graph.seed_name: seed_array}
+                results = self._run(built.session, [*names, *(check for check, _, _ in checks)], feeds, what)
+            except (InputError, BackendError):
+                if not checks or retry:
+                    raise
+                built = self._built(x, mode, wrt, stale=built)
+                continue
+            moved = [(tensor, shape, tuple(int(d) for d in found))
+                     for (_, tensor, shape), found in zip(checks, results[len(names):], strict=True)
+                     if tuple(int(d) for d in found) != shape]
+            if not moved:
+                return results[:len(names)]
+            if retry:
+                raise BackendError(
+                    f"gradsal internal error: the {what} graph of {self._shared.label}, rebuilt at this x, still "
+                    f"finds other shapes than its build ({moved}). Please report this with the model."
+                )
+            built = self._built(x, mode, wrt, stale=built)
+        raise AssertionError("unreachable")
+
+    def _build(self, x: np.ndarray, mode: str, wrt: str | None) -> Any:
         from ._graph import build_gradient_model
 
         if self._input_dtype.kind != "f" and wrt is None:
@@ -367,10 +405,11 @@ class OnnxBackend:
                 f"the model's input {self._input_name!r} is {self._input_dtype}: there is no gradient with respect "
                 "to integers. Use layer_vjp(x, layer, cotangent) on a float tensor computed from it (an embedding)."
             )
+        shape = tuple(x.shape)
         try:
             graph = build_gradient_model(
                 self._shared.proto, shape, input_name=self._input_name, output_name=self._output_name,
-                mode=mode, wrt=wrt, relu_rule=self._relu_rule,
+                mode=mode, wrt=wrt, relu_rule=self._relu_rule, probe_input=x,
             )
         except UnsupportedOperatorError as exc:
             if self._shared.settings["fallback"] != "finite_differences" or wrt is not None:
@@ -378,7 +417,7 @@ class OnnxBackend:
             warnings.warn(
                 f"{exc} Using the finite-difference fallback: gradsal differentiates the whole model numerically "
                 "(central differences of the forward pass; approximate, and about 2 forward passes per input "
-                "element).", FiniteDifferenceWarning, stacklevel=4)
+                "element).", FiniteDifferenceWarning, stacklevel=5)
             return _FALLBACK
         except GradsalError:
             raise
@@ -400,11 +439,6 @@ class OnnxBackend:
         seed_shape = tuple(int(d.dim_value) for d in seed_vi.type.tensor_type.shape.dim)
         return _Built(graph, session, seed_shape, io.declared_dtype(seed_vi) or np.dtype(np.float32))
 
-    def _run_built(self, built: _Built, x: np.ndarray, seed: np.ndarray, what: str) -> list[np.ndarray]:
-        graph = built.graph
-        feeds = {graph.input_name: x, graph.seed_name: seed}
-        return self._run(built.session, [graph.output_name, graph.result_name], feeds, what)
-
     def _run(self, session: Any, names: list[str], feeds: dict[str, np.ndarray], what: str) -> list[np.ndarray]:
         try:
             return session.run(names, feeds)
@@ -417,7 +451,35 @@ class OnnxBackend:
     def _numeric(self) -> Any:
         from ..numpy import FunctionBackend
 
-        return FunctionBackend(self.forward)
+        batch = self._input_shape[0] if self._input_shape else None
+        return FunctionBackend(self._forward_in_batches_of(batch) if isinstance(batch, int) else self.forward)
+
+    def _forward_in_batches_of(self, batch: int) -> Any:
+        """``forward`` of any number of rows for a model declared with a fixed batch size: the rows go in
+        chunks of ``batch``, the last chunk padded by repeating its last row (the padding's outputs are
+        dropped). The finite-difference fallback stacks perturbed copies of ``x`` along axis 0."""
+
+        def forward(rows: np.ndarray) -> np.ndarray:
+            if len(rows) == batch:
+                return self.forward(rows)
+            outputs = []
+            for start in range(0, len(rows), batch):
+                chunk = rows[start:start + batch]
+                real = len(chunk)
+                if real < batch:
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
+                output = self.forward(chunk)
+                if output.ndim == 0 or output.shape[0] != batch:
+                    raise BackendError(
+                        f"the finite-difference fallback perturbs the {batch} samples of {self._shared.label} "
+                        f"along axis 0, but its output {self._output_name!r} has shape {output.shape}, not one row "
+                        "per sample. Explain a per-sample tensor (output_name=...), or export the model with a "
+                        "symbolic batch axis."
+                    )
+                outputs.append(output[:real])
+            return np.concatenate(outputs)
+
+        return forward
 
 
 # ------------------------------------------------------------------------------------------- helpers
