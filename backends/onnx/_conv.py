@@ -56,7 +56,12 @@ _FALLBACK_HINT = "or pass OnnxBackend(..., fallback='finite_differences') to dif
 # one Conv over all stride phases + a Transpose that interleaves them), "spread" (zero-insertion + the
 # stride-1 flipped-kernel Conv) or "convtranspose". Chosen from the timings of
 # benchmarks/measure_conv_grad.py, which overrides these to time each variant.
-CONV_GRAD_STRATEGY = {"stride1": "phase", "depthwise": "spread", "regular": "convtranspose"}
+CONV_GRAD_STRATEGY = {"stride1": "phase", "depthwise": "spread", "regular": "convtranspose",
+                      "few_channels": "convtranspose"}
+# A layer reading fewer channels than this (an RGB or grey stem) has its input gradient as ConvTranspose at
+# any stride: a flipped-kernel Conv with 3 output channels misses onnxruntime's blocked NCHWc kernels and
+# measured 1.7-2x slower than ConvTranspose (3 or 4 channels; even at 12, slower from 16).
+FEW_CHANNELS = 12
 # AveragePool's window-sum adjoint, for windows that never share a cell and for overlapping ones:
 # "transpose" (one-channel all-ones ConvTranspose over the N*C images) or "conv" (the depthwise all-ones
 # case of the Conv adjoint above); chosen from the same benchmark.
@@ -390,7 +395,9 @@ def _conv_input_grad(ctx: RuleContext, g: str, weight_name: str, group: int, axe
 def _correlation_adjoint(ctx: RuleContext, g: str, weight: np.ndarray, group: int, axes: Sequence[_Axis],
                          x_shape: Sequence[int], weight_name: str | None = None) -> str:
     """Adjoint of the correlation with a constant ``weight``, in the way measured fastest for its kind."""
-    if all(a.stride == 1 for a in axes):
+    if group == 1 and x_shape[1] < FEW_CHANNELS:
+        kind = "few_channels"
+    elif all(a.stride == 1 for a in axes):
         kind = "stride1"
     else:
         kind = "depthwise" if group > 1 and weight.shape[1] == 1 else "regular"

@@ -165,14 +165,21 @@ def test_conv_symbolic_batch():
 
 
 def test_stride1_conv_gradient_is_a_conv():
-    """The measured choice: a stride-1 Conv's input gradient is a Conv (flipped kernel), not ConvTranspose."""
-    x = normal(11, [1, 4, 6, 6])
-    for group, weight_shape in [(1, [8, 4, 3, 3]), (2, [4, 2, 3, 3]), (4, [4, 1, 3, 3])]:
+    """The measured choice: a stride-1 Conv's input gradient is a Conv (flipped kernel), not ConvTranspose,
+    except for a layer reading few channels (an RGB stem), whose gradient is a ConvTranspose."""
+    x = normal(11, [1, 16, 6, 6])
+    for group, weight_shape in [(1, [8, 16, 3, 3]), (2, [4, 8, 3, 3]), (16, [16, 1, 3, 3])]:
         model = make_model([node("Conv", ["x", "W"], pads=[1, 1, 1, 1], group=group)], {"x": x}, ["y"],
                            initializers={"W": normal(12, weight_shape)})
         built = build_gradient_model(model, x.shape, input_name="x", output_name="y")
         ops = [n.op_type for n in built.model.graph.node]
         assert "ConvTranspose" not in ops and ops.count("Conv") == 2
+    stem = normal(13, [1, 3, 6, 6])
+    model = make_model([node("Conv", ["x", "W"], pads=[1, 1, 1, 1])], {"x": stem}, ["y"],
+                       initializers={"W": normal(14, [8, 3, 3, 3])})
+    ops = [n.op_type for n in build_gradient_model(model, stem.shape, input_name="x", output_name="y").model.graph.node]
+    assert ops.count("ConvTranspose") == 1 and ops.count("Conv") == 1
+    assert_gradients_match(model, stem)
 
 
 # ------------------------------------------------------------------------------------ ConvTranspose
