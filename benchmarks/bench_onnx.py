@@ -1,8 +1,9 @@
 """ONNX backend benchmark: gradient cost against the plain forward, onnx-ad, torch autograd and finite differences.
 
 For each model family in ``gradsal.reference_models.architectures`` (ResNet-, MobileNet-, OCR- and
-detector-style, random weights), exported from torch at opset 17, one run measures on the CPU with the
-same thread count everywhere:
+detector-style, random weights, small inputs; plus the full-size MobileNetV2 at 224x224, and ResNet-50 on
+request), exported from torch at opset 17, one run measures on the CPU with the same thread count
+everywhere:
 
 - the plain onnxruntime forward (ORT_ENABLE_ALL);
 - ``OnnxBackend.vjp`` with one cotangent per sample, and its ratio to the forward (target <= 3x);
@@ -24,6 +25,7 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 FAMILIES = ("small_resnet", "small_mobilenet", "ocr_style", "detector_style")
+# full-size networks at 3x224x224 (minutes on 2 cores with onnx-ad and torch beside them)
+FULL_SIZE = ("mobilenet_v2", "resnet50")
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -69,8 +73,10 @@ def export(name: str, batch: int, folder: Path):
     shape = getattr(module, "input_shape", (3, 64, 64))
     x = torch.rand(batch, *shape)
     path = folder / f"{name}.onnx"
-    torch.onnx.export(module, (x,), str(path), opset_version=17, input_names=["input"],
-                      output_names=["logits"], dynamo=False)
+    with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated; it is what real exports used
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, (x,), str(path), opset_version=17, input_names=["input"],
+                          output_names=["logits"], dynamo=False)
     return module, x.numpy(), path
 
 
@@ -208,7 +214,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--models", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--models", nargs="+", default=[*FAMILIES, "mobilenet_v2"], choices=[*FAMILIES, *FULL_SIZE])
     parser.add_argument("--fd", action="store_true", help="also time finite differences (slow)")
     parser.add_argument("--json", help="write the rows as JSON here")
     args = parser.parse_args()

@@ -43,6 +43,7 @@ import numpy as np
 
 from ...core.errors import UnsupportedOperatorError
 from ._rules import RuleContext, jvp_rule, vjp_rule
+from ._tensor import _slice as _opset_slice
 
 if TYPE_CHECKING:
     from onnx import NodeProto
@@ -100,16 +101,8 @@ def _reshape(ctx: RuleContext, name: str, shape: Sequence[int]) -> str:
 
 def _slice(ctx: RuleContext, name: str, axes: Sequence[int], starts: Sequence[int], ends: Sequence[int],
            steps: Sequence[int] | None = None) -> str:
-    if not axes:
-        return name
-    if ctx.opset >= 10:
-        inputs = [name, ctx.const(list(starts)), ctx.const(list(ends)), ctx.const(list(axes))]
-        if steps is not None:
-            inputs.append(ctx.const(list(steps)))
-        return ctx.emit1("Slice", inputs)
-    if steps is not None and any(s != 1 for s in steps):
-        raise UnsupportedOperatorError(f"strided Slice needs opset >= 10 (the model has {ctx.opset}).")
-    return ctx.emit1("Slice", [name], axes=list(axes), starts=list(starts), ends=list(ends))
+    """Slice in the form valid at the model's opset; nothing is emitted for no axes."""
+    return _opset_slice(ctx, name, axes, starts, ends, steps) if axes else name
 
 
 def _zero_pad(ctx: RuleContext, name: str, begins: Sequence[int], ends: Sequence[int]) -> str:
