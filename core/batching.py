@@ -12,6 +12,10 @@ budget, so ``smoothgrad(..., n_samples=500)`` on a large batch never materialise
 ``default rows = max(1, budget // (bytes per input row * ROW_MEMORY_FACTOR))``: the factor allows for the
 copies, cotangents, gradients and (roughly) the activations a backward pass keeps per input byte.
 
+A backend can also split the chunks it receives to fit its own device: ``TorchBackend(model,
+batch_size="auto")`` measures the memory of two probe steps and :func:`rows_within_budget` turns them
+into the largest chunk within a budget (this module only does the arithmetic; it imports no framework).
+
 Stacked copies are laid out copy-major (copy 0 of every sample, then copy 1, ...), and results are
 reduced in that fixed order, so the chunk size never changes a result, not even in the last bit.
 """
@@ -19,8 +23,9 @@ reduced in that fixed order, so the chunk size never changes a result, not even 
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from .errors import InputError, InputTypeError
@@ -77,6 +82,41 @@ def resolve_batch_size(batch_size: int | None, row_nbytes: int) -> int:
         raise InputError(f"batch_size must be at least 1, got {batch_size}: pass a positive number of rows, or "
                          "None to size chunks from the memory budget.")
     return int(batch_size)
+
+
+def rows_within_budget(
+    budget: int,
+    measure: Callable[[int], int],
+    *,
+    probe_rows: tuple[int, int] = (1, 2),
+    max_rows: int | None = None,
+    min_row_bytes: int = 1,
+) -> int:
+    """The largest number of rows per step whose peak memory, predicted from two probe steps, fits ``budget``.
+
+    ``measure(k)`` runs one step on ``k`` rows and returns its peak memory in bytes; it is called once for
+    each of the two ``probe_rows`` (ascending, at most ``max_rows``). A line ``fixed + per_row * k``
+    through the two measurements predicts the rest. The per-row cost is never taken below
+    ``min_row_bytes`` (at least 1; a backend passes what a row surely costs, e.g. its input and gradient),
+    so probes that barely grow (allocator rounding, noise) cannot promise an unbounded chunk. Returns at
+    least 1 (one row that does not fit is still the smallest step there is) and at most ``max_rows``.
+    """
+    budget = _check_budget(budget)
+    small, large = sorted((int(probe_rows[0]), int(probe_rows[1])))
+    if small < 1 or small == large:
+        raise InputError(f"probe_rows must be two different positive row counts, got {probe_rows!r}.")
+    if max_rows is not None:
+        max_rows = resolve_batch_size(max_rows, 1)
+        if max_rows == 1:
+            return 1  # one row per step, whatever it costs
+        if large > max_rows:
+            small, large = min(small, max_rows - 1), max_rows
+    small_bytes = max(0, int(measure(small)))
+    large_bytes = max(0, int(measure(large)))
+    per_row = max((large_bytes - small_bytes) / (large - small), float(min_row_bytes), 1.0)
+    fixed = max(0.0, small_bytes - per_row * small)
+    rows = max(1, math.floor((budget - fixed) / per_row))
+    return rows if max_rows is None else min(rows, max_rows)
 
 
 class Segment(NamedTuple):
