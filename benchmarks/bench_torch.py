@@ -8,7 +8,9 @@ measurement):
 
 - raw ``torch.autograd.grad`` of the one-hot class score w.r.t. the input, parameters frozen (the same
   work the backend does) and, for reference, with parameters requiring grad (typical user code);
-- ``TorchBackend.vjp`` and gradsal's ``vanilla_gradient`` (target given): ratio to raw autograd;
+- ``TorchBackend.vjp`` and gradsal's ``vanilla_gradient`` (target given): ratio to raw autograd; and the
+  one-row forward pass that ``vanilla_gradient`` runs first to learn the output shape (gradsal.core's
+  target resolution), which is most of the difference between the two;
 - gradsal's ``smoothgrad`` (50 samples) and ``integrated_gradients`` (50 steps, riemann_middle): ratio to a
   hand-written batched autograd loop over the same rows in chunks of the same size (noise drawn with
   NumPy as gradsal's core does, and also with ``torch.randn`` on the device for reference).
@@ -17,6 +19,7 @@ Targets: vanilla <= 1.05x raw autograd; SmoothGrad/IG <= 1.05x the hand loop. If
 are not importable, the SmoothGrad/IG rows time the same loops driven through ``TorchBackend.vjp``.
 
 Run: ``python benchmarks/bench_torch.py --model small --batch 8 --device cpu --repeats 10``
+     ``python benchmarks/bench_torch.py --model resnet50 --batch 4 --device cpu --threads 2 --samples 10``
      ``python benchmarks/bench_torch.py --model resnet50 --batch 32 --device cuda --dtype bf16``
 """
 
@@ -26,6 +29,7 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -77,15 +81,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_times(fns: list[Callable[[], object]], repeats: int, device: torch.device) -> list[np.ndarray]:
-    """Seconds per run of each function, runs interleaved (a, b, a, b, ...) after two warm-ups each.
+def interleaved_times(fns: list[Callable[[], object]], repeats: int, device: torch.device,
+                      warmup: int = 2) -> list[np.ndarray]:
+    """Seconds per run of each function, runs interleaved (a, b, a, b, ...) after ``warmup`` runs each.
 
     Interleaving pairs each run with its baselines under the same machine load, so the median of the
     per-repeat ratios (:func:`paired_ratio`) is robust to load that drifts during the benchmark.
     """
     for fn in fns:
-        fn()
-        fn()
+        for _ in range(warmup):
+            fn()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, bucket in zip(fns, times, strict=True):
@@ -261,7 +266,12 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--chunk", type=int, default=None,
-                        help="rows per SmoothGrad/IG backward pass (default: 400 small, 64 resnet50)")
+                        help="rows per SmoothGrad/IG backward pass (default: 400 small; resnet50: 64 on GPU, "
+                             "4 batches on CPU)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each function first")
+    parser.add_argument("--slow-repeats", type=int, default=None,
+                        help="timed runs of the SmoothGrad/IG rows (default: max(3, repeats // 2))")
+    parser.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--samples", type=int, default=N_SAMPLES,
                         help="SmoothGrad samples and IG steps (default 50; fewer for a ResNet-50 on a CPU)")
@@ -271,7 +281,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     amp = torch.bfloat16 if args.dtype == "bf16" else None
-    chunk = args.chunk or (400 if args.model == "small" else 64)
+    chunk = args.chunk or (400 if args.model == "small" else 64 if device.type == "cuda" else 4 * args.batch)
 
     torch.manual_seed(0)
     model, in_shape, label = build_model(args.model)
@@ -305,18 +315,22 @@ def main() -> None:
     def vanilla() -> object:
         return methods["vanilla"](x, classes)
 
-    raw_t, typical_t, vjp_t, vanilla_t = interleaved_times(
-        [raw_frozen, raw_typical, backend_vjp, vanilla], args.repeats, device)
+    def probe() -> object:  # what gradsal.core's target resolution runs before the gradient: one row's forward
+        return backend.forward(x[:1])
+
+    raw_t, typical_t, vjp_t, vanilla_t, probe_t = interleaved_times(
+        [raw_frozen, raw_typical, backend_vjp, vanilla, probe], args.repeats, device, args.warmup)
     rows += [("raw autograd.grad (params frozen)", raw_frozen, raw_t, None, ""),
              ("raw autograd.grad (params requiring grad)", raw_typical, typical_t, raw_t, "raw (frozen)"),
              ("TorchBackend.vjp", backend_vjp, vjp_t, raw_t, "raw (frozen)"),
-             ("gradsal vanilla_gradient", vanilla, vanilla_t, raw_t, "raw (frozen)")]
+             ("gradsal vanilla_gradient", vanilla, vanilla_t, raw_t, "raw (frozen)"),
+             ("  of which: target probe forward(x[:1])", probe, probe_t, raw_t, "raw (frozen)")]
 
-    slow_repeats = max(3, args.repeats // 2)
+    slow_repeats = args.slow_repeats or max(3, args.repeats // 2)
     smooth = lambda: methods["smoothgrad"](x, classes)  # noqa: E731
     hand_np = lambda: hand.smoothgrad(x, classes, chunk, numpy_noise=True)  # noqa: E731
     hand_t = lambda: hand.smoothgrad(x, classes, chunk, numpy_noise=False)  # noqa: E731
-    ours_s, np_s, t_s = interleaved_times([smooth, hand_np, hand_t], slow_repeats, device)
+    ours_s, np_s, t_s = interleaved_times([smooth, hand_np, hand_t], slow_repeats, device, args.warmup)
     rows += [(f"hand SmoothGrad({N_SAMPLES}) loop, NumPy noise", hand_np, np_s, None, ""),
              (f"hand SmoothGrad({N_SAMPLES}) loop, torch.randn noise", hand_t, t_s, None, ""),
              (f"gradsal smoothgrad({N_SAMPLES})", smooth, ours_s, np_s, "hand (NumPy noise)"),
@@ -324,17 +338,27 @@ def main() -> None:
 
     ig = lambda: methods["ig"](x, classes)  # noqa: E731
     hand_ig = lambda: hand.integrated_gradients(x, classes, chunk)  # noqa: E731
-    ours_ig, hand_ig_s = interleaved_times([ig, hand_ig], slow_repeats, device)
+    ours_ig, hand_ig_s = interleaved_times([ig, hand_ig], slow_repeats, device, args.warmup)
     rows += [(f"hand IG({N_SAMPLES}) loop", hand_ig, hand_ig_s, None, ""),
              (f"gradsal integrated_gradients({N_SAMPLES})", ig, ours_ig, hand_ig_s, "hand IG loop")]
 
     if device.type == "cpu":
         exact_cpu_memory_accounting()
     print(f"{'row':<44}{'median ms':>11}{'ratio':>10}{'peak MiB':>10}  baseline")
+    records = []
     for name, fn, seconds, base, base_name in rows:
-        ratio = f"{paired_ratio(seconds, base):9.3f}x" if base is not None else " " * 10
+        ratio = paired_ratio(seconds, base) if base is not None else None
         median_ms = 1e3 * float(np.median(seconds))
-        print(f"{name:<44}{median_ms:>11.2f}{ratio}{peak_memory_mib(fn, device):>10.1f}  {base_name}")
+        peak = peak_memory_mib(fn, device)
+        shown = f"{ratio:9.3f}x" if ratio is not None else " " * 10
+        print(f"{name:<44}{median_ms:>11.2f}{shown}{peak:>10.1f}  {base_name}", flush=True)
+        records.append({"row": name, "median_ms": median_ms, "ratio": ratio, "baseline": base_name or None,
+                        "peak_mib": peak, "runs": len(seconds)})
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        Path(args.json).write_text(json.dumps({"model": label, "settings": settings, "chunk": chunk,
+                                               "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                               "gradsal_side": source, "rows": records}, indent=2))
 
 
 if __name__ == "__main__":
