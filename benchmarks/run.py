@@ -182,6 +182,20 @@ def model_and_inputs(name: str, args: argparse.Namespace) -> tuple[Any, np.ndarr
     return module, np.random.default_rng(0).random((batch, 3, args.size, args.size), dtype=np.float32)
 
 
+def model_and_targets(name: str, args: argparse.Namespace) -> tuple:
+    """The module and inputs, the inputs on the device, their top classes (tensor and NumPy), the batch
+    size and the rows per backward pass (``--chunk``, else 8 batches on CUDA and 4 on the CPU)."""
+    import torch
+
+    module, x = model_and_inputs(name, args)
+    batch = len(x)
+    chunk = args.chunk or (8 if args.device == "cuda" else 4) * batch
+    xt = torch.from_numpy(x).to(args.device)
+    with torch.no_grad():
+        target = module(xt).argmax(dim=1)
+    return module, x, xt, target, target.cpu().numpy(), batch, chunk
+
+
 def rows_for(name: str, args: argparse.Namespace) -> list[dict]:
     import torch
 
@@ -189,13 +203,7 @@ def rows_for(name: str, args: argparse.Namespace) -> list[dict]:
     from gradsal.backends.torch import TorchBackend
 
     device = args.device
-    module, x = model_and_inputs(name, args)
-    batch = len(x)
-    chunk = args.chunk or (8 if device == "cuda" else 4) * batch
-    xt = torch.from_numpy(x).to(device)
-    with torch.no_grad():
-        target = module(xt).argmax(dim=1)
-    target_np = target.cpu().numpy()
+    module, x, xt, target, target_np, _, chunk = model_and_targets(name, args)
     if args.fidelity_only:
         return bf16_fidelity_rows(name, module, x[:args.bf16_fidelity], target_np[:args.bf16_fidelity], args)
     n = args.samples
@@ -405,20 +413,13 @@ def paired_captum(name: str, args: argparse.Namespace) -> list[dict]:
     repeat runs gradsal, gradsal fast and Captum back to back (same chunking, samples, noise scale), and
     the ratio is the median over repeats of ``gradsal time / Captum time`` of the same repeat.
     """
-    import torch
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
     import gradsal.core as gs
     from gradsal.backends.torch import TorchBackend
 
     device, n = args.device, args.samples
-    module, x = model_and_inputs(name, args)
-    batch = len(x)
-    chunk = args.chunk or (8 if device == "cuda" else 4) * batch
-    xt = torch.from_numpy(x).to(device)
-    with torch.no_grad():
-        target = module(xt).argmax(dim=1)
-    target_np = target.cpu().numpy()
+    module, x, xt, target, target_np, batch, chunk = model_and_targets(name, args)
     plain, fast = TorchBackend(module), TorchBackend(module, fast=True)
     stdev = float(np.mean([NOISE_LEVEL * float(image.max() - image.min()) for image in xt]))
     tunnel, ig = NoiseTunnel(Saliency(module)), IntegratedGradients(module)
