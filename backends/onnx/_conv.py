@@ -731,12 +731,66 @@ def _scatter_add(ctx: RuleContext, g: str, indices: str, x_shape: Sequence[int],
 
 @vjp_rule("MaxPool", differentiable=(0,))
 def max_pool_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
-    """Each window's cotangent goes to its argmax (the pooling Indices): MaxUnpool or ScatterElements."""
+    """Each window's cotangent goes to its argmax, the first maximum in scan order (the pooling Indices):
+    MaxUnpool or ScatterElements; for tiled float32 2-D windows, a mask unless some window has a tie."""
     g = grads[0]
     if g is None:
         return [None]
     x = node.input[0]
-    return [_scatter_add(ctx, g, _max_pool_indices(ctx, node), ctx.shape(x), _pool_axes(ctx, node))]
+    axes = _pool_axes(ctx, node)
+
+    if ctx.exact_ties or not _tiles(ctx, x, axes):
+        return [_scatter_add(ctx, g, _max_pool_indices(ctx, node), ctx.shape(x), axes)]
+    masked, ties = _max_pool_mask(ctx, node, g, axes)
+    ctx.flag_ties(ties)
+    return [masked]
+
+
+def _tiles(ctx: RuleContext, x: str, axes: Sequence[_Axis]) -> bool:
+    """2-D float32 windows that tile x exactly: stride = kernel, no padding or dilation, nothing left over."""
+    return (ctx.opset >= 11 and len(axes) == 2 and np.dtype(ctx.dtype(x)) == np.float32
+            and all(a.stride == a.kernel and a.dilation == 1 and a.pad_begin == 0 and a.size == a.out * a.kernel
+                    for a in axes))
+
+
+def _max_pool_mask(ctx: RuleContext, node: NodeProto, g: str, axes: Sequence[_Axis]) -> tuple[str, str]:
+    """``g`` upsampled times ``[x == max of its window]``, and whether some window has two maxima.
+
+    The mask sends a window's cotangent to every maximum, so it is the argmax rule only where each window
+    has one; where a window has more, the flag makes the backend run the graph built with the Indices.
+    Every op here runs in onnxruntime's blocked NCHWc layout (nearest Resize, the per-channel multiply +
+    Add + steep HardSigmoid fused into one Conv, AveragePool), where MaxPool with Indices is a scalar NCHW
+    kernel that cost 5-7 passes over x in the OCR-style benchmark. When x is a ReLU's output (and the
+    ReLU's VJP masks by ``[x > 0]``), ties among zeros are ignored: what any of them receives is zeroed.
+    """
+    x, y = node.input[0], node.output[0]
+    kernel = [a.kernel for a in axes]
+    scales = ctx.const(np.array([1.0, 1.0, *kernel], dtype=np.float32))
+    roi = ctx.const(np.zeros(0, dtype=np.float32))
+
+    def upsample(name: str) -> str:
+        up = ctx.emit1("Resize", [name, roi, scales], mode="nearest", coordinate_transformation_mode="asymmetric",
+                       nearest_mode="floor")
+        ctx.record(up, x)
+        return up
+
+    gap = ctx.emit1("Add", [_per_channel(ctx, upsample(y), -1.0, x), x])  # x - max <= 0, 0 at a maximum
+    at_max = ctx.emit1("HardSigmoid", [gap], alpha=1e30, beta=1.0)
+    masked = ctx.emit1("Mul", [upsample(g), at_max])
+    counted = at_max
+    producer = ctx.producer(x)
+    if producer is not None and producer.op_type == "Relu" and ctx.relu_rule != "deconvnet" and not ctx.is_source(x):
+        counted = ctx.emit1("Mul", [at_max, ctx.emit1("HardSigmoid", [x], alpha=1e30, beta=0.0)])
+    share = ctx.emit1("AveragePool", [counted], kernel_shape=kernel, strides=kernel)
+    most = ctx.emit1("ReduceMax", [share], keepdims=0)
+    ties = ctx.emit1("Greater", [most, ctx.const(np.array(1.5 / math.prod(kernel), dtype=np.float32))])
+    return masked, ties
+
+
+def _per_channel(ctx: RuleContext, v: str, factor: float, like: str) -> str:
+    """``v * factor`` as a per-channel multiply (onnxruntime turns it into a blocked-layout Conv)."""
+    shape = ctx.shape(like)
+    return ctx.emit1("Mul", [v, ctx.const(np.full((1, shape[1], 1, 1), factor, dtype=ctx.dtype(like)))])
 
 
 @jvp_rule("MaxPool")
@@ -814,8 +868,8 @@ def global_average_pool_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> 
     if g is None:
         return [None]
     x_shape = ctx.shape(node.input[0])
-    scaled = ctx.emit1("Mul", [g, ctx.const(1.0 / math.prod(x_shape[2:]), like=node.input[0])])
-    return [ctx.emit1("Expand", [scaled, ctx.const(list(x_shape))])]
+    # (N, C, 1, 1): the builder broadcasts it when it adds up x's cotangent (no full-sized Expand)
+    return [ctx.emit1("Mul", [g, ctx.const(1.0 / math.prod(x_shape[2:]), like=node.input[0])])]
 
 
 def _global_argmax(ctx: RuleContext, x: str) -> tuple[str, list[int]]:

@@ -395,9 +395,35 @@ def _clip_inside(ctx: RuleContext, node: NodeProto) -> str:
     bounds = _constant_clip_bounds(ctx, node)
     if _elem_type(ctx, y) == 1 and bounds is not None and any(b is not None for b in bounds):
         low, high = bounds
+        if low == 0.0 and high is not None and len(ctx.shape(y)) == 4 and _box_step_is_exact(high):
+            return _box_mask(ctx, y, high)
         steps = [_steep_step(ctx, y, bound, side) for bound, side in ((low, 1.0), (high, -1.0)) if bound is not None]
         return steps[0] if len(steps) == 1 else _mul(ctx, steps[0], steps[1])
     return _mask(ctx, _equal(ctx, x, y), x)
+
+
+def _box_mask(ctx: RuleContext, y: str, high: float) -> str:
+    """``[0 < y < high]`` for ``y = clip(x, 0, high)`` (ReLU6) in two passes instead of three.
+
+    ``a = [y > 0]``, then ``[a - y / high > 0]``: 0 at y = 0 (a = 0), positive inside, 0 at y = high. The
+    per-channel multiply, the Add and the steep HardSigmoid fuse into one onnxruntime NCHWc Conv kernel.
+    """
+    above_zero = _steep_step(ctx, y, 0.0, 1.0)
+    ramp = ctx.emit1("Add", [_scale(ctx, y, -1.0 / high, like=y), above_zero])
+    return ctx.emit1("HardSigmoid", [ramp], alpha=1e30, beta=0.0)
+
+
+def _box_step_is_exact(high: float) -> bool:
+    """Whether ``1 - y/high`` (float32, with or without a fused multiply-add) is <= 0 at y = high and > 0
+    at the float32 just below it, so that :func:`_box_mask` decides both ends exactly."""
+    top = np.float32(high)
+    if not (0.0 < top < 1e30):
+        return False
+    slope = np.float32(-1.0 / float(top))
+    below = np.nextafter(top, np.float32(0.0))
+    rounded = [np.float32(1.0) + slope * v for v in (top, below)]  # float32 product, then add
+    fused = [1.0 + float(slope) * float(v) for v in (top, below)]  # exact product, one rounding
+    return all(at_top <= 0.0 < just_below for at_top, just_below in (rounded, fused))
 
 
 def _constant_clip_bounds(ctx: RuleContext, node: NodeProto) -> tuple[float | None, float | None] | None:

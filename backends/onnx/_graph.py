@@ -59,6 +59,9 @@ class GradientGraph:
     shape_checks: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
     """(graph output, tensor, shape at the probe) for each tensor whose shape may change with the
     input's values: the graph is valid for an input where every such output equals the probed shape."""
+    tie_flags: tuple[str, ...] = ()
+    """Boolean scalar outputs: where one is true (a max-pooling window with two maxima, say), the result
+    is not the argmax rule's; build again with ``exact_ties=True`` and run that graph instead."""
 
 
 def _np_dtype(elem_type: int) -> np.dtype:
@@ -287,6 +290,10 @@ class _Builder:
     extra_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     extra_dtypes: dict[str, np.dtype] = field(default_factory=dict)
     current: str = ""
+    source: str = ""
+    made_by: dict[str, Any] = field(default_factory=dict)
+    exact_ties: bool = False
+    tie_flags: list[str] = field(default_factory=list)
     _counter: itertools.count = field(default_factory=itertools.count)
 
     def fresh(self, hint: str) -> str:
@@ -382,7 +389,12 @@ class _Builder:
             lead + i for i, d in enumerate(tshape) if d == 1 and gshape[lead + i] != 1
         ]
         summed = grad
-        if axes:
+        if axes and self._spatial_axes(gshape, axes, grad):
+            # A per-(sample, channel) total as GlobalAveragePool times the area: onnxruntime runs it in its
+            # blocked layout, where a ReduceSum would first reorder the whole tensor back to NCHW.
+            mean = self.emit1("GlobalAveragePool", [grad])
+            summed = self.emit1("Mul", [mean, self.const(float(np.prod(gshape[2:])), like=grad)])
+        elif axes:
             if self.opset >= 13:
                 summed = self.emit1("ReduceSum", [grad, self.const(axes)], keepdims=1)
             else:
@@ -390,6 +402,19 @@ class _Builder:
         out = self.emit1("Reshape", [summed, self.const(list(tshape))])
         self.extra_shapes[out] = tshape
         return out
+
+    def producer(self, name: str) -> Any:
+        return self.made_by.get(name)
+
+    def is_source(self, name: str) -> bool:
+        return name == self.source
+
+    def flag_ties(self, flag: str) -> None:
+        self.tie_flags.append(flag)
+
+    def _spatial_axes(self, shape: Sequence[int], axes: list[int], grad: str) -> bool:
+        return (len(shape) >= 3 and axes == list(range(2, len(shape)))
+                and self.dtype(grad) == np.float32)
 
     def attr(self, node: Any, name: str, default: object = None) -> object:
         from onnx import helper
@@ -405,9 +430,20 @@ class _Builder:
         return default
 
     def sum(self, names: list[str], like: str) -> str:
-        if len(names) == 1:
-            return names[0]
-        total = self.emit1("Sum", names)
+        """The total of the cotangent contributions to the primal ``like``, shaped like it.
+
+        A contribution may be smaller than ``like`` but broadcastable to it (a mean's cotangent, kept as
+        (N, C, 1, 1)): it is added with a broadcasting Add rather than expanded first, which saves a full
+        pass and keeps onnxruntime's blocked layout; it is expanded only when nothing else is full-sized.
+        """
+        target = self.shape(like)
+        full = [n for n in names if self._known_shape(n) in (None, target)]
+        partial = [n for n in names if n not in full]
+        if not full:
+            full = [self.emit1("Expand", [partial.pop(0), self.const(list(target))])]
+        total = full[0] if len(full) == 1 else self.emit1("Sum", full)
+        for extra in partial:
+            total = self.emit1("Add", [total, extra])
         self.record(total, like)
         return total
 
@@ -516,6 +552,7 @@ def build_gradient_model(
     wrt: str | None = None,
     relu_rule: str = "standard",
     probe_input: np.ndarray | None = None,
+    exact_ties: bool = False,
 ) -> GradientGraph:
     """Return the VJP (``mode="vjp"``) or JVP (``"jvp"``) model of ``output_name`` at ``input_shape``.
 
@@ -527,6 +564,8 @@ def build_gradient_model(
     ``probe_input``: the input at which the model is probed (zeros by default). It matters only for
     tensors whose shapes vary with the input's values; the graph is valid where they have the shapes
     they had at the probe, which its ``shape_checks`` outputs let the caller verify.
+
+    ``exact_ties``: see :attr:`GradientGraph.tie_flags`.
     """
     import onnx
     from onnx import helper
@@ -545,7 +584,9 @@ def build_gradient_model(
     float_dtype = probe.dtypes.get(source, np.dtype(np.float32))
     taken = {name for node in graph.node for name in (*node.input, *node.output)}
     taken |= {vi.name for vi in graph.input} | {init.name for init in graph.initializer}
-    builder = _Builder(opset, relu_rule, probe, on_path, float_dtype, taken)
+    builder = _Builder(opset, relu_rule, probe, on_path, float_dtype, taken, source=source,
+                       made_by={name: node for node in graph.node for name in node.output},
+                       exact_ties=exact_ties)
 
     seed = COTANGENT_NAME if mode == "vjp" else TANGENT_NAME
     seed_like = output_name if mode == "vjp" else source
@@ -558,7 +599,7 @@ def build_gradient_model(
     checks = _shape_checks(builder, path_nodes, [output_name, source])
 
     outputs = [output_name, RESULT_NAME] + ([source] if source != input_name else [])
-    outputs += [check for check, _, _ in checks]
+    outputs += [check for check, _, _ in checks] + builder.tie_flags
     all_nodes = _needed_nodes([*graph.node, *builder.nodes], set(outputs))
     input_vi = next(vi for vi in graph.input if vi.name == input_name)
     seed_elem = helper.np_dtype_to_tensor_dtype(builder.dtype(seed_like))
@@ -583,6 +624,7 @@ def build_gradient_model(
             ),
             *(helper.make_tensor_value_info(check, onnx.TensorProto.INT64, [len(shape)])
               for check, _, shape in checks),
+            *(helper.make_tensor_value_info(flag, onnx.TensorProto.BOOL, []) for flag in builder.tie_flags),
         ],
         [*graph.initializer, *builder.initializers],
     )
@@ -595,7 +637,8 @@ def build_gradient_model(
             f"gradsal internal error: the {mode.upper()} graph it built is not valid ONNX ({exc}). "
             "Please report this with the model."
         ) from exc
-    return GradientGraph(grad_model, input_name, seed, output_name, RESULT_NAME, source, mode, tuple(checks))
+    return GradientGraph(grad_model, input_name, seed, output_name, RESULT_NAME, source, mode, tuple(checks),
+                         tuple(builder.tie_flags))
 
 
 def _shape_checks(builder: _Builder, path_nodes: list[Any],

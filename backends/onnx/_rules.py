@@ -92,6 +92,20 @@ class RuleContext(Protocol):
     def attr(self, node: NodeProto, name: str, default: object = None) -> object:
         """The value of attribute ``name`` of ``node`` (strings decoded, lists as lists), or ``default``."""
 
+    def producer(self, name: str) -> NodeProto | None:
+        """The model node that computes the primal ``name`` (None for inputs and initializers)."""
+
+    def is_source(self, name: str) -> bool:
+        """True if ``name`` is the tensor being differentiated with respect to (``wrt`` or the input)."""
+
+    exact_ties: bool
+    """False (the first build): a rule may emit a faster form that is exact only without ties, flagging
+    them with :meth:`flag_ties`; True: the rebuild used for a run where a flag was raised."""
+
+    def flag_ties(self, flag: str) -> None:
+        """Make the boolean scalar ``flag`` a graph output: when it is true the run is redone on the
+        ``exact_ties`` graph."""
+
 
 VjpRule = Callable[[RuleContext, NodeProto, list[str | None]], list[str | None]]
 JvpRule = Callable[[RuleContext, NodeProto, list[str | None]], list[str | None]]

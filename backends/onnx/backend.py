@@ -344,15 +344,15 @@ class OnnxBackend:
                 + " OnnxBackend.layer_names() lists the Conv outputs."
             )
 
-    def _built(self, x: np.ndarray, mode: str, wrt: str | None, stale: Any = None) -> Any:
+    def _built(self, x: np.ndarray, mode: str, wrt: str | None, stale: Any = None, exact_ties: bool = False) -> Any:
         """The cached graph for ``x``'s shape, built (probed at ``x``) if missing or if it is ``stale``."""
-        key = (tuple(x.shape), mode, wrt, self._relu_rule)
+        key = (tuple(x.shape), mode, wrt, self._relu_rule, exact_ties)
         shared = self._shared
         with shared.lock:
             if key in shared.cache and (stale is None or shared.cache[key] is not stale):
                 shared.cache.move_to_end(key)
                 return shared.cache[key]
-            built = self._build(x, mode, wrt)
+            built = self._build(x, mode, wrt, exact_ties)
             shared.cache[key] = built
             shared.cache.move_to_end(key)
             while len(shared.cache) > CACHE_SIZE:
@@ -364,10 +364,12 @@ class OnnxBackend:
 
         A graph with tensors whose shapes vary with the input's values (``shape_checks``) is valid only
         where they have the shapes of its build: if a run finds others (or fails, or the seed has another
-        shape than the build's output), the graph is rebuilt once at this ``x``.
+        shape than the build's output), the graph is rebuilt once at this ``x``. A run that raises one of
+        the graph's ``tie_flags`` (a max-pooling window with two maxima) is redone on the exact-ties graph.
         """
+        exact_ties, rebuilt = False, False
         built = self._built(x, mode, wrt)
-        for retry in (False, True):
+        for _ in range(4):  # at most one switch to the exact-ties graph and one rebuild for shapes per graph
             if built is _FALLBACK:
                 return None
             graph = built.graph
@@ -378,26 +380,33 @@ class OnnxBackend:
                 seed_array = io.check_seed(seed, built.seed_shape, built.seed_dtype,
                                            "tangent" if mode == "jvp" else "cotangent", like)
                 feeds = {graph.input_name: x, graph.seed_name: seed_array}
-                results = self._run(built.session, [*names, *(check for check, _, _ in checks)], feeds, what)
+                wanted = [*names, *(check for check, _, _ in checks), *graph.tie_flags]
+                results = self._run(built.session, wanted, feeds, what)
             except (InputError, BackendError):
-                if not checks or retry:
+                if not checks or rebuilt:
                     raise
-                built = self._built(x, mode, wrt, stale=built)
+                built, rebuilt = self._built(x, mode, wrt, stale=built, exact_ties=exact_ties), True
                 continue
+            found_shapes = results[len(names):len(names) + len(checks)]
             moved = [(tensor, shape, tuple(int(d) for d in found))
-                     for (_, tensor, shape), found in zip(checks, results[len(names):], strict=True)
+                     for (_, tensor, shape), found in zip(checks, found_shapes, strict=True)
                      if tuple(int(d) for d in found) != shape]
-            if not moved:
-                return results[:len(names)]
-            if retry:
-                raise BackendError(
-                    f"gradsal internal error: the {what} graph of {self._shared.label}, rebuilt at this x, still "
-                    f"finds other shapes than its build ({moved}). Please report this with the model."
-                )
-            built = self._built(x, mode, wrt, stale=built)
+            if moved:
+                if rebuilt:
+                    raise BackendError(
+                        f"gradsal internal error: the {what} graph of {self._shared.label}, rebuilt at this x, "
+                        f"still finds other shapes than its build ({moved}). Please report this with the model."
+                    )
+                built, rebuilt = self._built(x, mode, wrt, stale=built, exact_ties=exact_ties), True
+                continue
+            if any(bool(flag) for flag in results[len(names) + len(checks):]):
+                exact_ties, rebuilt = True, False
+                built = self._built(x, mode, wrt, exact_ties=True)
+                continue
+            return results[:len(names)]
         raise AssertionError("unreachable")
 
-    def _build(self, x: np.ndarray, mode: str, wrt: str | None) -> Any:
+    def _build(self, x: np.ndarray, mode: str, wrt: str | None, exact_ties: bool = False) -> Any:
         from ._graph import build_gradient_model
 
         if self._input_dtype.kind != "f" and wrt is None:
@@ -409,7 +418,7 @@ class OnnxBackend:
         try:
             graph = build_gradient_model(
                 self._shared.proto, shape, input_name=self._input_name, output_name=self._output_name,
-                mode=mode, wrt=wrt, relu_rule=self._relu_rule, probe_input=x,
+                mode=mode, wrt=wrt, relu_rule=self._relu_rule, probe_input=x, exact_ties=exact_ties,
             )
         except UnsupportedOperatorError as exc:
             if self._shared.settings["fallback"] != "finite_differences" or wrt is not None:

@@ -80,15 +80,20 @@ def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return copy
 
 
-def _run_graph(model, x, seed, *, mode, input_name, output_name, relu_rule, wrt, level):
+def _run_graph(model, x, seed, *, mode, input_name, output_name, relu_rule, wrt, level, exact_ties=False):
+    """Build and run the gradient graph; a run that raises a tie flag is redone on the exact-ties graph,
+    as OnnxBackend does."""
     built = build_gradient_model(
         model, x.shape, input_name=input_name, output_name=output_name, mode=mode, wrt=wrt,
-        relu_rule=relu_rule,
+        relu_rule=relu_rule, exact_ties=exact_ties,
     )
     onnx.checker.check_model(built.model, full_check=True)
     session = _session(built.model, level)
     feeds = {built.input_name: x, built.seed_name: seed}
-    results = session.run([built.output_name, built.result_name], feeds)
+    results = session.run([built.output_name, built.result_name, *built.tie_flags], feeds)
+    if any(bool(flag) for flag in results[2:]):
+        return _run_graph(model, x, seed, mode=mode, input_name=input_name, output_name=output_name,
+                          relu_rule=relu_rule, wrt=wrt, level=level, exact_ties=True)
     return results[0], results[1]
 
 

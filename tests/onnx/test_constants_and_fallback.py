@@ -165,7 +165,7 @@ def test_a_range_whose_length_varies_with_the_values_is_rebuilt_per_length() -> 
         np.testing.assert_allclose(grad, central_vjp(model, x, v, 1e-6), rtol=1e-6)
         u = RNG.standard_normal(x.shape)
         np.testing.assert_allclose(backend.jvp(x, u)[1], central_jvp(model, x, u, 1e-6), rtol=1e-6)
-        entry = backend._shared.cache[(x.shape, "vjp", None, "standard")]
+        entry = backend._shared.cache[(x.shape, "vjp", None, "standard", False)]
         assert [check[1] for check in entry.graph.shape_checks] == ["r"]
         built.append(entry)
     assert built[0] is not built[1] and built[1] is not built[2]  # rebuilt when the length changed

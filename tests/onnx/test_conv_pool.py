@@ -128,6 +128,61 @@ def test_max_pool_ties_go_to_the_first_maximum():
         np.testing.assert_allclose(g, first_maximum_gradient(x, v, kernel, strides, pads), rtol=1e-12, atol=1e-12)
 
 
+def _tiled_pool(x: np.ndarray, kernel, relu: bool = False):
+    nodes = [node("Relu", ["x"], ["r"])] if relu else []
+    nodes.append(node("MaxPool", ["r" if relu else "x"], kernel_shape=kernel, strides=kernel))
+    return make_model(nodes, {"x": x}, ["y"])
+
+
+def _flags_raised(model, x, v) -> bool:
+    from harness import _session
+    from onnxruntime import GraphOptimizationLevel
+
+    from gradsal.backends.onnx._graph import build_gradient_model
+
+    built = build_gradient_model(model, x.shape, input_name="x", output_name="y")
+    assert built.tie_flags, "a float32 max pool that tiles its input takes the mask form"
+    session = _session(built.model, GraphOptimizationLevel.ORT_ENABLE_ALL)
+    flags = session.run(list(built.tie_flags), {built.input_name: x, built.seed_name: v})
+    return any(bool(f) for f in flags)
+
+
+@pytest.mark.parametrize("kernel", [[2, 2], [2, 1], [3, 2]])
+def test_tiled_max_pool_mask_hands_ties_to_the_indices(kernel):
+    """float32 windows that tile x take the mask form; a window with two maxima raises the tie flag and
+    the run is redone with the Indices (first maximum in scan order), here and in OnnxBackend."""
+    from gradsal.backends.onnx import OnnxBackend
+
+    rng = np.random.default_rng(0)
+    shape = (2, 3, 6 * kernel[0], 4 * kernel[1])
+    tied = (np.round(rng.random(shape) * 2) / 2).astype(F32)  # values 0, 0.5, 1: ties everywhere
+    untied = rng.permutation(np.prod(shape)).reshape(shape).astype(F32)
+    for x, expect_flag in ((tied, True), (untied, False)):
+        model = _tiled_pool(x, kernel)
+        v = rng.standard_normal((shape[0], shape[1], 6, 4)).astype(F32)
+        assert _flags_raised(model, x, v) == expect_flag
+        expected = first_maximum_gradient(x, v, kernel, kernel, [0, 0, 0, 0])
+        _, g = run_vjp(model, x, v)
+        np.testing.assert_array_equal(g, expected)
+        np.testing.assert_array_equal(OnnxBackend(model).vjp(x, v)[1], expected)
+
+
+def test_tiled_max_pool_after_relu_ignores_ties_among_zeros():
+    """Relu -> MaxPool: windows whose maximum is 0 (all inputs <= 0) tie, but the cotangent they get is
+    zeroed by the Relu's VJP, so no flag is raised and the mask form's gradient is the argmax rule's."""
+    rng = np.random.default_rng(1)
+    shape = (2, 4, 8, 8)
+    x = (rng.permutation(np.prod(shape)).reshape(shape) - 0.7 * np.prod(shape)).astype(F32)  # 70% negative
+    model = _tiled_pool(x, [2, 2], relu=True)
+    v = rng.standard_normal((2, 4, 4, 4)).astype(F32)
+    assert (np.maximum(x, 0).reshape(2, 4, 4, 2, 4, 2).max(axis=(3, 5)) == 0).any()  # zero windows exist
+    assert not _flags_raised(model, x, v)
+    relu = np.maximum(x, 0)
+    expected = first_maximum_gradient(relu, v, [2, 2], [2, 2], [0, 0, 0, 0]) * (x > 0)
+    _, g = run_vjp(model, x, v)
+    np.testing.assert_array_equal(g, expected)
+
+
 # -------------------------------------------------------------------------------------- AveragePool
 
 

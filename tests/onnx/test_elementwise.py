@@ -180,6 +180,38 @@ def test_clip(data):
     check([node("Clip", inputs)], x, initializers=initializers, opset=opset)
 
 
+@pytest.mark.parametrize("high", [6.0, 1.0, 20.0, 255.0])
+@pytest.mark.parametrize("level", ["all", "none"])
+def test_relu6_mask_is_exact_at_both_bounds(high, level):
+    """Clip(0, high) between identity 1x1 Convs (float32, NCHW: the blocked-layout case the two-pass
+    mask is written for; 255 takes the three-pass form). Its gradient is exactly [0 < x < high],
+    checked at 0, at high and one float32 either side of each bound; the two-pass form also at a
+    subnormal (the three-pass form's steep step gives a fraction below 1e-30, as documented)."""
+    import onnxruntime as ort
+
+    from gradsal.backends.onnx._elementwise import _box_step_is_exact
+
+    below_high = np.nextafter(np.float32(high), np.float32(0))
+    above_high = np.nextafter(np.float32(high), np.float32(np.inf))
+    tiny = np.nextafter(np.float32(0), np.float32(1)) if _box_step_is_exact(high) else np.float32(1e-20)
+    special = np.array([-1.0, -tiny, 0.0, tiny, 1e-30, 0.5, below_high, high, above_high, 2 * high],
+                       np.float32)
+    channels = 8
+    x = np.resize(special, (2, channels, 5, 4)).astype(np.float32)
+    x[1] = np.random.default_rng(0).uniform(-1, high + 1, x[1].shape)
+    eye = np.eye(channels, dtype=np.float32).reshape(channels, channels, 1, 1)
+    model = make_model(
+        [node("Conv", ["x", "eye"], ["a"]), node("Clip", ["a", "low", "high"], ["b"]),
+         node("Conv", ["b", "eye"], ["y"])],
+        {"x": x}, ["y"],
+        initializers={"eye": eye, "low": np.array(0.0, np.float32), "high": np.array(high, np.float32)},
+    )
+    v = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    opt = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level == "all" else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    _, grad = run_vjp(model, x, v, level=opt)
+    np.testing.assert_array_equal(grad, np.where((x > 0) & (x < high), v, 0).astype(np.float32))
+
+
 @given(data=st.data())
 def test_clip_bounds_differentiable(data):
     """The input is a bound: Clip(c, b, hi) or Clip(c, lo, b) with a constant c and b = x . [1] (a
