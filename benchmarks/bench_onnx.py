@@ -14,7 +14,10 @@ everywhere:
 - with ``--fd``: the finite-difference FunctionBackend on the same function (extrapolated from a subset
   of coordinates, stated as such), and the speed-up of the gradient graph over it.
 
-Run: ``python benchmarks/bench_onnx.py [--batch 4] [--threads 2] [--repeats 20] [--fd] [--json out.json]``
+- with ``--stacking``: SmoothGrad(50) of one image against one VJP of a batch of 50 (the samples are
+  stacked along the batch axis; the ratio should be about 1).
+
+Run: ``python benchmarks/bench_onnx.py [--batch 4] [--threads 2] [--repeats 20] [--fd] [--stacking] [--json out.json]``
 """
 
 from __future__ import annotations
@@ -141,6 +144,8 @@ def bench_family(name: str, args: argparse.Namespace, folder: Path) -> dict:
     row["vs_torch"] = row["gradsal_ms"] / row["torch_ms"]
     if args.fd:
         row.update(bench_finite_differences(forward, x, cotangent, row, args))
+    if args.stacking:
+        row["stacking"] = bench_stacking(name, args, folder)
     return row
 
 
@@ -187,6 +192,36 @@ def bench_finite_differences(forward, x, cotangent, row, args) -> dict:
     return {"fd_ms_extrapolated": ms, "fd_speedup": ms / (row["gradsal_ms"] / len(x))}
 
 
+def bench_stacking(name: str, args: argparse.Namespace, folder: Path) -> dict:
+    """SmoothGrad(50) of one image through OnnxBackend against one VJP of a batch of 50 (issue 9: the
+    samples are stacked along the batch axis, so the two should cost about the same). Uses an export
+    with a symbolic batch axis, since the benchmark's own exports fix the batch."""
+    import torch
+
+    from gradsal.backends.onnx import OnnxBackend
+    from gradsal.core import smoothgrad
+    from gradsal.reference_models import architectures
+
+    torch.manual_seed(0)
+    module = getattr(architectures, name)().eval()
+    x = torch.rand(1, *getattr(module, "input_shape", (3, 64, 64)))
+    path = folder / f"{name}_dynamic.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, (x,), str(path), opset_version=17, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    image = x.numpy()
+    backend = OnnxBackend(str(path), session_options=session_options(args.threads))
+    target = int(backend.forward(image).argmax())
+    stacked = np.repeat(image, 50, axis=0)
+    cotangent = np.zeros((50, backend.forward(image).shape[1]), dtype=np.float32)
+    cotangent[:, target] = 1.0
+    repeats = max(3, args.repeats // 4)
+    vjp_ms = median_ms(lambda: backend.vjp(stacked, cotangent), repeats)
+    sg_ms = median_ms(lambda: smoothgrad(backend, image, target, n_samples=50, seed=0, batch_size=50), repeats)
+    return {"model": name, "vjp50_ms": vjp_ms, "smoothgrad50_ms": sg_ms, "stacking_ratio": sg_ms / vjp_ms}
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| model | nodes | ORT forward | gradsal VJP | ratio | onnx-ad VJP | ratio | torch autograd | gradsal/torch "
@@ -202,6 +237,11 @@ def markdown(rows: list[dict]) -> str:
             f"{r['gradsal_ratio']:.2f}x | {ad} | {r['torch_ms']:.2f} ms | {r['vs_torch']:.2f}x | "
             f"{r['build_s']:.2f} s | {ops} |"
         )
+    stacked = [r["stacking"] for r in rows if "stacking" in r]
+    if stacked:
+        lines += ["", "| model | one VJP of batch 50 | SmoothGrad(50) of one image | ratio |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['vjp50_ms']:.1f} ms | {r['smoothgrad50_ms']:.1f} ms | "
+                  f"{r['stacking_ratio']:.2f}x |" for r in stacked]
     fd = [r for r in rows if "fd_speedup" in r]
     for r in fd:
         lines.append(f"\n{r['model']}: finite differences (extrapolated from 64 coordinates) "
@@ -216,6 +256,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--models", nargs="+", default=[*FAMILIES, "mobilenet_v2"], choices=[*FAMILIES, *FULL_SIZE])
     parser.add_argument("--fd", action="store_true", help="also time finite differences (slow)")
+    parser.add_argument("--stacking", action="store_true",
+                        help="also time SmoothGrad(50) of one image against one VJP of batch 50")
     parser.add_argument("--json", help="write the rows as JSON here")
     args = parser.parse_args()
     import onnxruntime as ort
