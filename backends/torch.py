@@ -310,6 +310,8 @@ class TorchBackend:
         and in-place operations after the layer cannot alter the returned activation.
         """
         module = self._named_module(layer)
+        self._refuse_script(module, "Layer gradients (Grad-CAM) need a forward hook on the layer, which TorchScript "
+                                    "modules do not run")
         x = self._rules.check_input(x, self._torch)
         cotangent = self._rules.check_cotangent(cotangent, len(x))
         activations, grads = [], []
@@ -354,6 +356,8 @@ class TorchBackend:
             layers = [layers]
         for name in layers:
             self._named_module(name)
+        self._refuse_script(self._module, "randomized() re-initialises a deep copy of the model, and a deep copy of "
+                                          "TorchScript code gives parameters torch cannot re-initialise")
         clone = copy.deepcopy(self._module)
         named = dict(clone.named_modules())
         devices = [self._device] if self._device.type == "cuda" else []
@@ -616,6 +620,13 @@ class TorchBackend:
             raise ModelError(self._rules.layer_call_message(layer, len(captured), self._model, torch))
         cotangent_tensor = self._cotangent_tensor(cotangent, out)
         return captured[0], self._grad(out, captured[0], cotangent_tensor, what=f"layer {layer!r}")
+
+    def _refuse_script(self, module: Any, why: str) -> None:
+        if any(self._rules.is_script(m, self._torch) for m in [module, *module.modules()]):
+            raise UnsupportedModelError(
+                f"{why}. Pass the eager nn.Module instead of the scripted one, or export the model to ONNX "
+                "(torch.onnx.export) and use OnnxBackend, which has layer gradients and randomization for any model."
+            )
 
     def _named_module(self, layer: str) -> Any:
         if self._module is None:
