@@ -30,6 +30,13 @@ def test_check_passes_on_the_shipped_onnx_model() -> None:
     assert "forward mode (jvp) checked too" in result.stdout
 
 
+def test_check_float64_on_a_float32_model_says_it_runs_in_float32() -> None:
+    result = run_cli("check", str(ONNX_MODEL), "--float64")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("Note: ") and "computes in float32" in result.stdout
+    assert "Gradient check PASSED" in result.stdout
+
+
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped digits CNN as a TorchScript file."""
