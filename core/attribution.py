@@ -144,20 +144,39 @@ def gradient_x_input(model: Any, x: np.ndarray, target: Any = None, *, batch_siz
 
 
 # ----------------------------------------------------------------------------- SmoothGrad
-class _RunningMoments:
-    """Per-sample running mean and sum of squared deviations (Welford), in float64, in a fixed order."""
+class _Moments:
+    """Per-sample reduction of SmoothGrad's gradients over the noisy copies, in float64, in a fixed order.
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.mean = np.zeros(shape)
-        self.m2 = np.zeros(shape)
+    ``smoothgrad`` and ``smoothgrad_sq`` keep a running sum (of ``g`` and of ``g**2``, terms that cannot
+    cancel in the second) and divide by the number of copies at the end. ``vargrad`` keeps Welford's
+    running mean and sum of squared deviations: no cancellation, and exactly 0 when every copy has the
+    same gradient. Segments come copy by copy, so the additions happen in one order for any chunking.
+    """
 
-    def add(self, segment: Segment, values: np.ndarray) -> None:
+    def __init__(self, kind: str, shape: tuple[int, ...]) -> None:
+        self.kind = kind
+        self.first = np.zeros(shape)  # the sum of g or g**2; the running mean for vargrad
+        self.m2 = np.zeros(shape) if kind == "vargrad" else None
+
+    def add(self, segment: Segment, grads: np.ndarray) -> None:
         rows = slice(segment.start, segment.stop)
-        count = segment.copy + 1
-        values = values.astype(np.float64)
-        delta = values - self.mean[rows]
-        self.mean[rows] += delta / count
-        self.m2[rows] += delta * (values - self.mean[rows])
+        first = self.first[rows]  # views: updated in place
+        if self.kind == "smoothgrad":
+            first += grads
+            return
+        values = grads.astype(np.float64)  # a fresh float64 array, worked on in place below
+        if self.kind == "smoothgrad_sq":
+            values *= values
+            first += values
+            return
+        delta = values - first
+        first += delta / (segment.copy + 1)
+        values -= first
+        values *= delta
+        self.m2[rows] += values
+
+    def result(self, n_samples: int) -> np.ndarray:
+        return (self.m2 if self.kind == "vargrad" else self.first) / n_samples
 
 
 def smoothgrad(
@@ -179,6 +198,7 @@ def smoothgrad(
     noise"; VarGrad: Adebayo et al. (2018), "Local Explanation Methods for Deep Neural Networks Lack
     Sensitivity to Parameter Values". The target is resolved once on the clean ``x``. ``seed`` makes the
     noise (and so the result) reproducible bit for bit; ``noise_level=0`` gives the vanilla gradient.
+    The noise is drawn and added in float32 for float32 (and float16) ``x``, else in float64.
     """
     n_samples = check_positive_int(n_samples, "n_samples")
     noise_level = check_nonnegative_float(noise_level, "noise_level")
@@ -187,20 +207,22 @@ def smoothgrad(
     cotangent = target_cotangent(backend, x, target, rows)
     flat = x.reshape(len(x), -1)
     sigma = noise_level * (flat.max(axis=1).astype(np.float64) - flat.min(axis=1))
-    sigma = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+    noise_dtype = np.dtype(np.float32 if x.dtype.itemsize <= 4 else np.float64)
+    sigma = sigma.astype(noise_dtype).reshape(-1, *([1] * (x.ndim - 1)))
     rng = np.random.default_rng(seed)
-    moments = _RunningMoments(x.shape)
+    moments = _Moments(kind, x.shape)
 
     def noisy(segment: Segment) -> np.ndarray:
-        noise = rng.standard_normal((segment.rows, *x.shape[1:])) * sigma[segment.start:segment.stop]
-        return (x[segment.start:segment.stop] + noise).astype(x.dtype)
+        noise = rng.standard_normal((segment.rows, *x.shape[1:]), dtype=noise_dtype)
+        noise *= sigma[segment.start:segment.stop]
+        clean = x[segment.start:segment.stop]
+        if x.dtype != noise_dtype:  # float16, long double: added in the wider type, then cast
+            return (clean + noise).astype(x.dtype)
+        noise += clean  # now the noisy input x + e
+        return noise
 
-    def consume(segment: Segment, grads: np.ndarray) -> None:
-        moments.add(segment, np.square(grads, dtype=np.float64) if kind == "smoothgrad_sq" else grads)
-
-    _stacked_vjp(backend, cotangent, n_samples, rows, noisy, consume)
-    result = moments.m2 / n_samples if kind == "vargrad" else moments.mean
-    return result.astype(x.dtype)
+    _stacked_vjp(backend, cotangent, n_samples, rows, noisy, moments.add)
+    return moments.result(n_samples).astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------- Integrated Gradients

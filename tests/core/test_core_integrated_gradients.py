@@ -147,3 +147,49 @@ def test_blur_baseline_on_a_linear_model_is_exact() -> None:
     np.testing.assert_allclose(got, (x - gaussian_blur(x, 1.0)) * model.W[:, 1].reshape(2, 6, 6), rtol=1e-10,
                                atol=1e-12)
     np.testing.assert_allclose(delta, 0.0, atol=1e-10)
+
+
+class PathRecorder:
+    """f(x) = sum sin(x) per row (elementwise arithmetic: the same per row for any chunk size); records the
+    rows it is given. ``alias``: returns a gradient that is a view of its input (for f = 1/2 |x|^2)."""
+
+    def __init__(self, alias: bool = False) -> None:
+        self.alias = alias
+        self.rows: list[np.ndarray] = []
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        z = x.reshape(len(x), -1)
+        return (0.5 * (z * z) if self.alias else np.sin(z)).sum(axis=1, keepdims=True)
+
+    def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.rows.append(x.copy())
+        return self.forward(x), (x if self.alias else np.cos(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("alias", [False, True])
+@given(n=st.integers(1, 3), batch_size=st.integers(1, 11), n_steps=st.integers(1, 5), seed=st.integers(0, 99))
+def test_path_points_are_rounded_once_and_chunking_changes_nothing(dtype, alias, n, batch_size, n_steps,
+                                                                   seed) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2, 3)).astype(dtype)
+    base = rng.normal(size=(1, 2, 1))
+
+    def run(rows: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+        backend = PathRecorder(alias)
+        result = gs.integrated_gradients(backend, x, 0, baseline=base, n_steps=n_steps, method="riemann_middle",
+                                         batch_size=rows, return_delta=True)
+        assert max(len(r) for r in backend.rows) <= rows
+        return result, np.concatenate(backend.rows)
+
+    (whole, whole_delta), whole_rows = run(10**6)
+    (chunked, chunked_delta), chunked_rows = run(batch_size)
+    # the points b + alpha_k (x - b), computed in float64 and rounded once to x's dtype, copy-major
+    alphas, _ = gs.integration_rule("riemann_middle", n_steps)
+    full = np.broadcast_to(base, x.shape)
+    expected = np.concatenate([(full + a * (x.astype(np.float64) - full)).astype(dtype) for a in alphas])
+    np.testing.assert_array_equal(whole_rows, expected)
+    np.testing.assert_array_equal(chunked_rows, expected)
+    assert whole.dtype == dtype
+    np.testing.assert_array_equal(chunked, whole)
+    np.testing.assert_array_equal(chunked_delta, whole_delta)

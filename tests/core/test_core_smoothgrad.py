@@ -72,3 +72,74 @@ def test_seeded_runs_are_bit_identical_and_seeds_differ(kind: str) -> None:
     assert first.dtype == np.float32
     np.testing.assert_array_equal(first, gs.smoothgrad(backend, x, n_samples=7, seed=11, kind=kind))
     assert not np.array_equal(first, gs.smoothgrad(backend, x, n_samples=7, seed=12, kind=kind))
+
+
+class RecordingBackend:
+    """f(x) = (sum sin(x), 1/2 |x|^2) per row, elementwise arithmetic only (so every row's result is the
+    same for any chunk size); records the rows it is given. ``alias``: the gradient for the second output
+    is the input array itself, not a copy (a backend may return a view of its input)."""
+
+    def __init__(self, alias: bool = False) -> None:
+        self.alias = alias
+        self.rows: list[np.ndarray] = []
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        z = x.reshape(len(x), -1)
+        return np.stack([np.sin(z).sum(axis=1), 0.5 * (z * z).sum(axis=1)], axis=1)
+
+    def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.rows.append(x.copy())
+        if self.alias:
+            return self.forward(x), x
+        v = cotangent.reshape(len(x), 2, *([1] * (x.ndim - 1)))
+        return self.forward(x), (v[:, 0] * np.cos(x) + v[:, 1] * x).astype(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_noise_is_gaussian_with_the_documented_sigma_in_the_input_dtype(dtype) -> None:
+    # 4000 coordinates x 60 copies = 240000 draws per sample: the sample std is within ~0.15% of sigma
+    x = (np.random.default_rng(7).random((3, 4000)) * np.array([[1.0], [4.0], [0.25]])).astype(dtype)
+    backend = RecordingBackend()
+    gs.smoothgrad(backend, x, 1, n_samples=60, noise_level=0.2, seed=5, batch_size=7)
+    rows = np.concatenate(backend.rows)
+    assert rows.dtype == dtype and len(rows) == 3 * 60
+    noise = rows.astype(np.float64).reshape(60, 3, 4000) - x  # copy-major: copy k of sample i at row 3 k + i
+    sigma = 0.2 * (x.max(axis=1).astype(np.float64) - x.min(axis=1))
+    np.testing.assert_allclose(noise.std(axis=(0, 2)), sigma, rtol=0.01)
+    assert np.all(np.abs(noise.mean(axis=(0, 2))) < 5 * sigma / np.sqrt(60 * 4000))
+    z = noise / sigma[:, None]
+    assert abs(np.mean(np.abs(z) < 1) - 0.6827) < 0.005  # a normal's mass within one sigma
+    assert 0.0015 < np.mean(np.abs(z) > 3) < 0.004  # and beyond three (0.0027): the tails are there
+    if dtype != np.float16:  # no quantisation coarser than the input dtype's own
+        assert np.unique(noise[:, 1]).size > 0.99 * noise[:, 1].size
+
+
+@pytest.mark.parametrize("kind", ["smoothgrad", "smoothgrad_sq", "vargrad"])
+@pytest.mark.parametrize("alias", [False, True])
+@given(n=st.integers(1, 4), batch_size=st.integers(1, 12), seed=st.integers(0, 99))
+def test_float32_results_do_not_depend_on_chunking(kind, alias, n, batch_size, seed) -> None:
+    x = np.random.default_rng(seed).normal(size=(n, 2, 3)).astype(np.float32)
+    target = np.tile([0.5, 1.0], (n, 1)) if not alias else 1
+
+    def run(rows: int) -> tuple[np.ndarray, np.ndarray]:
+        backend = RecordingBackend(alias)
+        result = gs.smoothgrad(backend, x, target, n_samples=5, seed=seed, kind=kind, batch_size=rows)
+        assert max(len(r) for r in backend.rows) <= rows
+        return result, np.concatenate(backend.rows)
+
+    whole, whole_rows = run(10**6)
+    chunked, chunked_rows = run(batch_size)
+    assert whole.dtype == np.float32
+    np.testing.assert_array_equal(chunked_rows, whole_rows)  # the same noisy inputs, in the same order
+    np.testing.assert_array_equal(chunked, whole)
+
+
+def test_running_sums_and_welford_agree_with_a_direct_reduction() -> None:
+    # the gradient of 1/2 |x|^2 is the noisy input itself, so the reductions can be checked on the rows
+    x = np.random.default_rng(8).normal(size=(2, 50)) + 3.0
+    for kind, reduce in [("smoothgrad", lambda g: g.mean(axis=0)), ("smoothgrad_sq", lambda g: (g**2).mean(axis=0)),
+                         ("vargrad", lambda g: g.var(axis=0))]:
+        backend = RecordingBackend(alias=True)
+        got = gs.smoothgrad(backend, x, 1, n_samples=9, noise_level=0.1, seed=2, kind=kind, batch_size=4)
+        grads = np.concatenate(backend.rows).reshape(9, 2, 50)
+        np.testing.assert_allclose(got, reduce(grads), rtol=1e-12, atol=1e-14)

@@ -228,9 +228,9 @@ def test_torchscript_layer_gradients_and_randomization_name_the_way_out() -> Non
     where torch would raise a RuntimeError from inside register_forward_hook or requires_grad_."""
     scripted = torch.jit.script(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
     backend = TorchBackend(scripted)
-    with pytest.raises(gs.UnsupportedModelError, match="eager nn.Module.*OnnxBackend"):
+    with pytest.raises(gs.UnsupportedModelError, match=r"eager nn.Module.*OnnxBackend"):
         backend.layer_vjp(X, "0", np.ones((2, 4), np.float32))
-    with pytest.raises(gs.UnsupportedModelError, match="eager nn.Module.*OnnxBackend"):
+    with pytest.raises(gs.UnsupportedModelError, match=r"eager nn.Module.*OnnxBackend"):
         backend.randomized(["0"], seed=0)
-    with pytest.raises(gs.UnsupportedModelError, match="eager nn.Module.*OnnxBackend"):
+    with pytest.raises(gs.UnsupportedModelError, match=r"eager nn.Module.*OnnxBackend"):
         gs.grad_cam(backend, X, 0, layer="0")
