@@ -786,8 +786,9 @@ def _max_pool_mask(ctx: RuleContext, node: NodeProto, g: str, axes: Sequence[_Ax
         counted = ctx.emit1("Mul", [at_max, ctx.emit1("HardSigmoid", [x], alpha=1e30, beta=0.0)])
     share = ctx.emit1("AveragePool", [counted], kernel_shape=kernel, strides=kernel)
     most = ctx.emit1("ReduceMax", [share], keepdims=0)
-    ties = ctx.emit1("Greater", [most, ctx.const(np.array(1.5 / math.prod(kernel), dtype=np.float32))])
-    return masked, ties
+    # not (most < threshold) rather than most > threshold: a NaN (inf - inf at an infinite maximum) flags too
+    below = ctx.emit1("Less", [most, ctx.const(np.array(1.5 / math.prod(kernel), dtype=np.float32))])
+    return masked, ctx.emit1("Not", [below])
 
 
 def _per_channel(ctx: RuleContext, v: str, factor: float, like: str) -> str:

@@ -270,3 +270,14 @@ def test_conv_max_pool_chain_matches_torch(opset):
     y, g = run_vjp(model, x, v)
     np.testing.assert_allclose(y, y_t.detach().numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(g, x_t.grad.numpy(), rtol=1e-4, atol=1e-4 * np.abs(g).max())
+
+
+def test_tiled_max_pool_with_an_infinite_maximum_takes_the_indices():
+    """inf - inf is NaN in the mask; the NaN raises the tie flag, and the exact graph gives the argmax rule."""
+    x = np.arange(2 * 1 * 4 * 4, dtype=F32).reshape(2, 1, 4, 4)
+    x[0, 0, 1, 1] = np.inf
+    v = np.ones((2, 1, 2, 2), F32)
+    model = _tiled_pool(x, [2, 2])
+    assert _flags_raised(model, x, v)
+    _, g = run_vjp(model, x, v)
+    np.testing.assert_array_equal(g, first_maximum_gradient(x, v, [2, 2], [2, 2], [0, 0, 0, 0]))
