@@ -100,6 +100,9 @@ class _Built:
 
 
 _FALLBACK = object()  # cache entry: this key is differentiated by finite differences
+# After a run whose tie flag was raised, this many calls at that shape use the exact-ties graph directly,
+# then the fast graph is tried again: inputs that tie every time pay the fast run once in this many + 1.
+EXACT_TIES_CALLS = 16
 
 
 class _Shared:
@@ -111,6 +114,9 @@ class _Shared:
         self.settings = settings
         self.cache: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
         self.lock = threading.Lock()
+        # per (shape, mode, wrt, relu rule): calls left that go straight to the exact-ties graph, after a
+        # run of the fast one raised a tie flag (inputs with flat regions tie on every call)
+        self.exact_ties_for: dict[tuple, int] = {}
 
 
 class OnnxBackend:
@@ -367,8 +373,10 @@ class OnnxBackend:
         shape than the build's output), the graph is rebuilt once at this ``x``. A run that raises one of
         the graph's ``tie_flags`` (a max-pooling window with two maxima) is redone on the exact-ties graph.
         """
-        exact_ties, rebuilt = False, False
-        built = self._built(x, mode, wrt)
+        key = (tuple(x.shape), mode, wrt, self._relu_rule)
+        exact_ties = self._take_exact_turn(key)
+        rebuilt = False
+        built = self._built(x, mode, wrt, exact_ties=exact_ties)
         for _ in range(4):  # at most one switch to the exact-ties graph and one rebuild for shapes per graph
             if built is _FALLBACK:
                 return None
@@ -400,11 +408,21 @@ class OnnxBackend:
                 built, rebuilt = self._built(x, mode, wrt, stale=built, exact_ties=exact_ties), True
                 continue
             if any(bool(flag) for flag in results[len(names) + len(checks):]):
+                with self._shared.lock:
+                    self._shared.exact_ties_for[key] = EXACT_TIES_CALLS
                 exact_ties, rebuilt = True, False
                 built = self._built(x, mode, wrt, exact_ties=True)
                 continue
             return results[:len(names)]
         raise AssertionError("unreachable")
+
+    def _take_exact_turn(self, key: tuple) -> bool:
+        """Whether this call goes straight to the exact-ties graph (a recent call's inputs had ties)."""
+        with self._shared.lock:
+            left = self._shared.exact_ties_for.get(key, 0)
+            if left:
+                self._shared.exact_ties_for[key] = left - 1
+            return left > 0
 
     def _build(self, x: np.ndarray, mode: str, wrt: str | None, exact_ties: bool = False) -> Any:
         from ._graph import build_gradient_model

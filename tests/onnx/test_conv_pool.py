@@ -281,3 +281,23 @@ def test_tiled_max_pool_with_an_infinite_maximum_takes_the_indices():
     assert _flags_raised(model, x, v)
     _, g = run_vjp(model, x, v)
     np.testing.assert_array_equal(g, first_maximum_gradient(x, v, [2, 2], [2, 2], [0, 0, 0, 0]))
+
+
+def test_backend_goes_straight_to_the_exact_graph_for_a_while_after_a_tie(monkeypatch):
+    """Inputs with flat regions tie on every call: after a raised flag the next calls at that shape skip the
+    mask graph (EXACT_TIES_CALLS of them), then it is tried again; results are exact throughout."""
+    from gradsal.backends.onnx import OnnxBackend
+    from gradsal.backends.onnx import backend as backend_module
+
+    monkeypatch.setattr(backend_module, "EXACT_TIES_CALLS", 2)
+    rng = np.random.default_rng(3)
+    tied = (np.round(rng.random((1, 2, 4, 4)) * 2) / 2).astype(F32)
+    untied = rng.permutation(32).reshape(1, 2, 4, 4).astype(F32)
+    backend = OnnxBackend(_tiled_pool(tied, [2, 2]))
+    v = rng.standard_normal((1, 2, 2, 2)).astype(F32)
+    key = (tied.shape, "vjp", None, "standard")
+    runs = []
+    for x, left_after in ((tied, 2), (untied, 1), (untied, 0), (untied, 0)):
+        runs.append(backend.vjp(x, v)[1])
+        assert backend._shared.exact_ties_for.get(key, 0) == left_after
+        np.testing.assert_array_equal(runs[-1], first_maximum_gradient(x, v, [2, 2], [2, 2], [0, 0, 0, 0]))
