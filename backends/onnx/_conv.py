@@ -20,8 +20,8 @@ build time and emitted as constants. Choices that keep the VJP graph about as ch
   Float32 2-D windows that tile the input (stride = kernel, no padding: the usual 2x2 pool) use a mask,
   upsampled cotangent times ``[x == upsampled y]``, in onnxruntime's blocked layout; it is the argmax
   rule wherever a window has a single maximum, and the graph raises a tie flag (an output) where one has
-  two, on which the backend runs the exact graph instead (OCR-style benchmark: 3.5x -> 2.7-3.1x the
-  forward). The exact graph reads the pooling ``Indices``: MaxUnpool (float32) or ScatterElements when
+  two, on which the backend runs the exact graph instead, and keeps using it for the next calls at that
+  shape (inputs with flat regions tie every time); OCR-style benchmark: 3.5x -> 2.7-3.1x the forward. The exact graph reads the pooling ``Indices``: MaxUnpool (float32) or ScatterElements when
   windows are disjoint, one ScatterElements with ``reduction="add"`` when they overlap (opset 16+; before,
   the windows are scattered in non-overlapping phases and summed). onnxruntime's MaxPool with Indices is
   a scalar NCHW kernel, 7-9x its plain MaxPool.
