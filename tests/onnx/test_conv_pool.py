@@ -301,3 +301,23 @@ def test_backend_goes_straight_to_the_exact_graph_for_a_while_after_a_tie(monkey
         runs.append(backend.vjp(x, v)[1])
         assert backend._shared.exact_ties_for.get(key, 0) == left_after
         np.testing.assert_array_equal(runs[-1], first_maximum_gradient(x, v, [2, 2], [2, 2], [0, 0, 0, 0]))
+
+
+@given(data=st.data())
+def test_tiled_max_pool_through_the_backend_is_the_argmax_rule(data):
+    """Random tiling geometry, float32 values from a small lattice (ties in some windows, none in others),
+    with or without a ReLU in front: OnnxBackend's VJP equals the first-maximum rule, whichever graph runs."""
+    from gradsal.backends.onnx import OnnxBackend
+
+    kernel = [data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))]
+    out = [data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))]
+    shape = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), out[0] * kernel[0], out[1] * kernel[1])
+    rng = np.random.default_rng(data.draw(st.integers(0, 999)))
+    levels = data.draw(st.sampled_from([3, 50, 10_000]))  # 3: ties almost everywhere; 10,000: almost none
+    x = (rng.integers(0, levels, shape) / levels - 0.3).astype(F32)
+    relu = data.draw(st.booleans())
+    v = rng.standard_normal((shape[0], shape[1], *out)).astype(F32)
+    _, g = OnnxBackend(_tiled_pool(x, kernel, relu=relu)).vjp(x, v)
+    pooled_input = np.maximum(x, 0) if relu else x
+    expected = first_maximum_gradient(pooled_input, v, kernel, kernel, [0, 0, 0, 0])
+    np.testing.assert_array_equal(g, expected * (x > 0) if relu else expected)
