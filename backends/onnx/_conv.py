@@ -21,8 +21,9 @@ build time and emitted as constants. Choices that keep the VJP graph about as ch
   upsampled cotangent times ``[x == upsampled y]``, in onnxruntime's blocked layout; it is the argmax
   rule wherever a window has a single maximum, and the graph raises a tie flag (an output) where one has
   two, on which the backend runs the exact graph instead, and keeps using it for the next calls at that
-  shape (inputs with flat regions tie every time); OCR-style benchmark: 3.5x -> 2.7-3.1x the forward. The exact graph reads the pooling ``Indices``: MaxUnpool (float32) or ScatterElements when
-  windows are disjoint, one ScatterElements with ``reduction="add"`` when they overlap (opset 16+; before,
+  shape (inputs with flat regions tie every time); OCR-style benchmark: 3.5x -> 2.7-3.1x the forward.
+  The exact graph reads the pooling ``Indices``: MaxUnpool (float32) or ScatterElements when windows are
+  disjoint, one ScatterElements with ``reduction="add"`` when they overlap (opset 16+; before,
   the windows are scattered in non-overlapping phases and summed). onnxruntime's MaxPool with Indices is
   a scalar NCHW kernel, 7-9x its plain MaxPool.
 - AveragePool's adjoint scales the cotangent by 1/divisor and spreads it over each window: a
@@ -370,12 +371,15 @@ def _conv_adjoint_transpose(ctx: RuleContext, g: str, weight: str, group: int, a
     """ConvTranspose of the cotangent with the layer's own weight (works for a weight computed in-graph)."""
     n = len(axes)
     shape = [*x_shape[:2], *[(a.out - 1) * a.stride + a.extent for a in axes]]
-    result = ctx.emit1(
-        "ConvTranspose", [g, weight], group=group, kernel_shape=[a.kernel for a in axes],
-        strides=[a.stride for a in axes], dilations=[a.dilation for a in axes], pads=[0] * (2 * n),
-    )
     begins = [0, 0, *[-a.pad_begin for a in axes]]
     ends = [0, 0, *[a.size + a.pad_begin - s for a, s in zip(axes, shape[2:], strict=True)]]
+    attrs = {"group": group, "kernel_shape": [a.kernel for a in axes], "strides": [a.stride for a in axes],
+             "dilations": [a.dilation for a in axes]}
+    if all(e <= 0 for e in ends):
+        # only cropping (the usual padded layer): ConvTranspose's own pads do it, without a Slice pass
+        return ctx.emit1("ConvTranspose", [g, weight], pads=[a.pad_begin for a in axes] + [-e for e in ends[2:]],
+                         **attrs)
+    result = ctx.emit1("ConvTranspose", [g, weight], pads=[0] * (2 * n), **attrs)
     return _crop_or_pad(ctx, result, shape, begins, ends)
 
 
