@@ -32,8 +32,11 @@ Arrays cross the interface as NumPy. Rules, in the order they apply:
   few percent of the work). Functional max-pools (``F.max_pool2d`` in ``forward``) are not detected:
   name their modules. Channels-last and ``float32_layers`` change a copy of the model (never the
   user's). The compiled model is used only by ``forward`` and ``vjp``; ``jvp``, ``layer_vjp``, the ReLU
-  rules and the ``batch_size="auto"`` probe run the eager model. Check the fidelity on your own model
-  (Spearman of the maps against ``TorchBackend(model)``'s) before relying on the fast path.
+  rules and the ``batch_size="auto"`` probe run the eager model. Where ``fast`` chose bf16 itself, the
+  first ``vjp`` call also runs its first rows in float32 and compares the saliency maps (Spearman, per
+  sample): below ``fidelity`` (0.99) the backend warns and stays in float32 (models whose input gradients
+  are chaotic, like randomly initialised deep nets, fail it). An explicit ``dtype=`` is not checked unless
+  ``fidelity=`` is given.
 - **No side effects**: parameters get no ``.grad`` (their ``requires_grad`` is off for the call and
   restored after, exceptions included); every hook gradsal registers is removed in ``finally``; the
   train/eval mode is left as found (a training-mode model with dropout or batch-norm gets a warning, and
@@ -89,6 +92,36 @@ def _rules_module() -> Any:
     from . import _torch_rules
 
     return _torch_rules
+
+
+# fast=True's bf16 must rank the input's elements like float32 does (Spearman of the saliency maps, the
+# least over the first FIDELITY_ROWS rows of the first VJP call), or the backend falls back to float32
+FAST_PATH_FIDELITY = 0.99
+FIDELITY_ROWS = 8
+
+
+class FastPathFidelityWarning(UserWarning):
+    """The fast path's reduced-precision gradients disagreed with float32's; the backend went back to float32."""
+
+
+def _saliency_ranks_agree(fast: np.ndarray, reference: np.ndarray) -> float:
+    """The smallest per-sample Spearman correlation between the saliency maps (``|g|``, its maximum over
+    the channel axis 1 as ``to_saliency_map`` draws it when there are more than two axes) of two gradient
+    batches; a constant reference map counts as agreeing."""
+    from ..core.sanity import spearman_correlation
+
+    def saliency(g: np.ndarray) -> np.ndarray:
+        g = np.abs(np.asarray(g, dtype=np.float64))
+        return g.max(axis=1) if g.ndim >= 3 else g
+
+    worst = 1.0
+    for a, b in zip(saliency(fast), saliency(reference), strict=True):
+        rho = spearman_correlation(a, b)
+        if np.isfinite(rho):
+            worst = min(worst, rho)
+        elif not np.all(b == b.flat[0]):  # the fast map is constant (or NaN) where the reference is not
+            worst = min(worst, -1.0)
+    return worst
 
 
 def _fast_amp_dtype(torch: Any, device: Any) -> Any:
@@ -162,14 +195,18 @@ class TorchBackend:
     ``gradsal.core.get_memory_budget()``). ``fast``: the opt-in fast path (bf16 autocast where supported,
     channels-last, ``torch.compile`` on CUDA, the layers up to the last max-pool kept in float32);
     ``channels_last``, ``compile`` (True or a dict of ``torch.compile`` arguments) and ``float32_layers``
-    (module names or ``"auto"``) set its parts one by one and override ``fast``. See the module docstring
-    for the dtype, fast-path and side-effect rules.
+    (module names or ``"auto"``) set its parts one by one and override ``fast``. ``fidelity``: the least
+    Spearman correlation, per sample, between the mixed-precision and the float32 saliency maps on the
+    first VJP call; below it the backend warns (:class:`FastPathFidelityWarning`) and runs in float32 from
+    then on (default 0.99 when ``fast`` chose bf16 itself, None (no check) for an explicit ``dtype``). See
+    the module docstring for the dtype, fast-path and side-effect rules.
     """
 
     def __init__(self, model: Any, *, device: Any = None, dtype: Any = None,
                  output: Callable[[Any], Any] | None = None, batch_size: int | str | None = None,
                  fast: bool = False, channels_last: bool | None = None, compile: bool | dict | None = None,
-                 float32_layers: Sequence[str] | str | None = None, memory_budget: int | None = None) -> None:
+                 float32_layers: Sequence[str] | str | None = None, memory_budget: int | None = None,
+                 fidelity: float | None = None) -> None:
         torch = _import_torch()
         if not callable(model):
             raise InputTypeError(
@@ -204,6 +241,14 @@ class TorchBackend:
         self._float32_layers = _check_layer_names(float32_layers, fast)
         if compile is None:
             compile = fast and where_to.type == "cuda"
+        if fidelity is not None and (isinstance(fidelity, bool) or not isinstance(fidelity, numbers.Real)
+                                     or not -1.0 <= fidelity <= 1.0):
+            raise InputError(f"fidelity must be a Spearman correlation in [-1, 1] or None, got {fidelity!r}")
+        # the fast path's own bf16 choice is checked against float32 on the first VJP (0.99 by default);
+        # an explicit dtype= is the user's choice and checked only when fidelity= asks for it
+        chose_amp = fast and dtype is None and self._amp_dtype is not None
+        self._fidelity = float(fidelity) if fidelity is not None else (FAST_PATH_FIDELITY if chose_amp else None)
+        self._fidelity_checked = self._amp_dtype is None or self._fidelity is None
         self._compile_options = (dict(compile) if isinstance(compile, dict) else {}) if compile else None
         self._set_model(model, device)
 
@@ -286,7 +331,30 @@ class TorchBackend:
 
     def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(outputs, J(x)^T cotangent)`` with ``torch.autograd.grad`` on the input only."""
+        if not self._fidelity_checked:
+            self._check_fidelity(x, cotangent)
         return self._vjp(x, cotangent, contextlib.nullcontext)
+
+    def _check_fidelity(self, x: np.ndarray, cotangent: np.ndarray) -> None:
+        """Compare the first rows' mixed-precision gradients with float32's; fall back to float32 if they
+        rank the input's elements differently (Spearman below ``fidelity``)."""
+        rows = slice(0, min(len(x), FIDELITY_ROWS))
+        fast = self._vjp(x[rows], np.asarray(cotangent)[rows], contextlib.nullcontext)[1]
+        amp, self._amp_dtype = self._amp_dtype, None
+        try:
+            reference = self._vjp(x[rows], np.asarray(cotangent)[rows], contextlib.nullcontext)[1]
+        finally:
+            self._amp_dtype = amp
+        self._fidelity_checked = True
+        worst = _saliency_ranks_agree(fast, reference)
+        if worst < self._fidelity:
+            self._amp_dtype = None
+            warnings.warn(
+                f"The fast path's {str(amp).replace('torch.', '')} gradients ranked the input differently from "
+                f"float32's (Spearman {worst:.3f} < fidelity={self._fidelity:g} on the first "
+                f"{rows.stop} rows), so this backend runs in float32 from now on (channels-last and compile "
+                "stay). Pass fidelity=None to keep the mixed precision anyway.",
+                FastPathFidelityWarning, stacklevel=self._rules.user_stacklevel())
 
     def jvp(self, x: np.ndarray, tangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(outputs, J(x) tangent)`` by forward-mode AD, or two reverse passes where that is unsupported."""

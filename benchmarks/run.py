@@ -266,7 +266,12 @@ def rows_for(name: str, args: argparse.Namespace) -> list[dict]:
     gradsal_rows(TorchBackend(module), "torch")
     if not args.no_fast:
         fast = TorchBackend(module, fast=True)
-        parts = [f"autocast {str(fast._amp_dtype).replace('torch.', '')}" if fast._amp_dtype else "fp32",
+        with warnings.catch_warnings(record=True) as fell_back:
+            warnings.simplefilter("always")
+            gs.vanilla_gradient(fast, x, target_np)  # the first VJP runs the fidelity check: label what stays
+        parts = [f"autocast {str(fast._amp_dtype).replace('torch.', '')}" if fast._amp_dtype else
+                 ("fp32 (bf16 failed the fidelity check)" if any("fidelity" in str(w.message) for w in fell_back)
+                  else "fp32"),
                  "channels-last" if fast._channels_last else "", "torch.compile" if fast._compiled else ""]
         gradsal_rows(fast, f"fast: {', '.join(p for p in parts if p)}", fast=True)
     if device == "cpu" and not args.no_onnx:

@@ -9,6 +9,8 @@ forward/backward split without a C++ compiler); the CUDA test runs the real thin
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from torch import nn
 from torch_helpers import assert_same_state, model_state
 
 import gradsal.core as gs
-from gradsal.backends.torch import TorchBackend
+from gradsal.backends.torch import FastPathFidelityWarning, TorchBackend
 from gradsal.reference_models import holdout_split, load_digits_cnn
 
 N_IMAGES = 6
@@ -198,3 +200,46 @@ def test_cuda_auto_chunk_measures_the_allocator(digits) -> None:
     assert 1 <= rows <= len(x)
     np.testing.assert_array_equal(gs.vanilla_gradient(auto, x, labels),
                                   gs.vanilla_gradient(TorchBackend(model, device="cuda", batch_size=rows), x, labels))
+
+
+def _chaotic_net() -> nn.Module:
+    """A randomly initialised deep tanh net with large weights: its input gradient is chaotic, so bf16
+    rounding reorders it completely (the random-weight ResNet-50's behaviour in miniature)."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Flatten()]
+    for _ in range(10):
+        linear = nn.Linear(64, 64)
+        nn.init.normal_(linear.weight, std=3.0 / 8.0)
+        layers += [linear, nn.Tanh()]
+    layers.append(nn.Linear(64, 3))
+    return nn.Sequential(*layers).eval()
+
+
+def test_fidelity_check_keeps_bf16_where_the_maps_agree(digits) -> None:
+    model, x, labels = digits
+    backend = TorchBackend(model, fast=True, dtype=torch.bfloat16, fidelity=MIN_SPEARMAN)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FastPathFidelityWarning)
+        fast = gs.vanilla_gradient(backend, x, labels)
+    assert backend._amp_dtype == torch.bfloat16
+    assert _min_map_spearman(fast, gs.vanilla_gradient(TorchBackend(model), x, labels)) >= MIN_SPEARMAN
+
+
+def test_fidelity_check_falls_back_to_float32_where_the_maps_disagree() -> None:
+    model = _chaotic_net()
+    x = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
+    emulated = TorchBackend(model, dtype=torch.bfloat16)  # no check: bf16 really does scramble this one
+    assert _min_map_spearman(gs.vanilla_gradient(emulated, x, 0), gs.vanilla_gradient(TorchBackend(model), x, 0)) \
+        < MIN_SPEARMAN
+    backend = TorchBackend(model, fast=True, dtype=torch.bfloat16, fidelity=MIN_SPEARMAN)
+    with pytest.warns(FastPathFidelityWarning, match="runs in float32 from now on"):
+        first = gs.vanilla_gradient(backend, x, 0)
+    reference = gs.vanilla_gradient(TorchBackend(model), x, 0)
+    np.testing.assert_allclose(first, reference, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gs.vanilla_gradient(backend, x, 0), reference, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [2.0, -1.5, True, "high"])
+def test_fidelity_must_be_a_correlation(bad) -> None:
+    with pytest.raises(gs.InputError, match="fidelity"):
+        TorchBackend(nn.Linear(2, 2), fidelity=bad)
