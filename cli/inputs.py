@@ -111,12 +111,14 @@ def _load_torch_export(file: Path) -> LoadedModel:
 
 
 def expand_inputs(paths: list[str]) -> list[Path]:
-    """Files named on the command line, with folders replaced by the images and .npy files they hold."""
+    """Files named on the command line, with each folder replaced by the images it holds, or by its .npy
+    files when it holds no image (a folder of samples often keeps other arrays beside its pictures)."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | {".npy"}))
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found.extend(images or sorted(p for p in path.iterdir() if p.suffix.lower() == ".npy"))
         elif path.is_file():
             found.append(path)
         else:

@@ -27,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
 def _add_model_arguments(parser: argparse.ArgumentParser, *, inputs_required: bool) -> None:
     parser.add_argument("model", help="an .onnx file, a TorchScript file (.pt/.ts) or a torch.export .pt2")
     parser.add_argument("inputs", nargs="+" if inputs_required else "*", metavar="INPUT",
-                        help="image files (any format pillow reads), folders of them, or .npy arrays (C,H,W)")
+                        help="image files (any format pillow reads), folders of them (a folder without images: its "
+                             ".npy files), or .npy arrays (C,H,W)")
     parser.add_argument("--output-name", help="ONNX: the output or intermediate tensor to explain")
     parser.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
                         help="resize images to H x W (default: the ONNX model's declared input size)")

@@ -74,3 +74,18 @@ def test_missing_input(tmp_path: Path) -> None:
     model = tmp_path / "m.onnx"
     model.write_bytes(b"")
     assert_one_line_error(run_cli("explain", str(model), str(tmp_path / "nothing.png")), "nothing.png")
+
+
+def test_a_folder_gives_its_images_and_only_without_images_its_arrays(tmp_path) -> None:
+    from gradsal.cli.inputs import expand_inputs
+
+    mixed, arrays = tmp_path / "mixed", tmp_path / "arrays"
+    mixed.mkdir()
+    arrays.mkdir()
+    for name in ("b.png", "a.png", "other.npy", "notes.txt"):
+        (mixed / name).write_bytes(b"")
+    for name in ("y.npy", "x.npy"):
+        (arrays / name).write_bytes(b"")
+    assert [p.name for p in expand_inputs([str(mixed)])] == ["a.png", "b.png"]
+    assert [p.name for p in expand_inputs([str(arrays)])] == ["x.npy", "y.npy"]
+    assert [p.name for p in expand_inputs([str(mixed / "other.npy")])] == ["other.npy"]  # named: always taken
