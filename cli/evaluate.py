@@ -67,7 +67,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     _warm_up(model.backend, x, targets, methods, method_kwargs)
     comparison = core.compare_methods(
         model.backend, x, targets, methods=methods, method_kwargs=method_kwargs, step=args.step,
-        layers=layers or None, seed=args.seed,
+        layers=layers or None, seed=args.seed, score=args.score,
     )
     if layer_note:
         comparison = replace(comparison, notes=(*comparison.notes, layer_note))
@@ -164,7 +164,8 @@ def _caption(model: LoadedModel, n_inputs: int, comparison: Any) -> list[str]:
     first = comparison.rows[0]
     return [
         f"{model.path.name}: {n_inputs} input(s), each explained for its top-1 class",
-        "y axis: the model's output for that class, mean over the inputs; x axis: share of pixels changed",
+        ("y axis: the softmax probability of that class" if first.deletion.score == "probability" else
+         "y axis: the model's output for that class") + ", mean over the inputs; x axis: share of pixels changed",
         f"deletion: the most salient pixels are replaced first (baseline: {first.deletion.baseline}); "
         "lower AUC = more faithful",
         f"insertion: the most salient pixels are revealed first (baseline: {first.insertion.baseline}); "

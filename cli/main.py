@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                           choices=["vanilla", "gradxinput", "smoothgrad", "ig", "guided"])
     evaluate.add_argument("--step", type=float, default=0.05,
                           help="share of pixels removed/revealed per curve step (default 0.05)")
+    evaluate.add_argument("--score", choices=["explained", "probability"], default="explained",
+                          help="what the curves track: the explained output itself (default; logits go below 0) "
+                               "or its softmax probability, in [0, 1]")
     evaluate.add_argument("--no-randomization", action="store_true",
                           help="skip the model-randomisation column (it costs one run per method and weight layer)")
     evaluate.add_argument("--out", default="gradsal-eval", help="output folder for the curves plot")

@@ -176,3 +176,23 @@ def test_no_randomization_and_step(tmp_path: Path) -> None:
 
 def test_step_out_of_range_is_one_line() -> None:
     assert_one_line_error(run_cli(str(data_path("digits_cnn.onnx")), sample_paths()[0], "--step", "0"), "--step")
+
+
+def test_score_probability_tracks_the_softmax(tmp_path: Path) -> None:
+    """--score probability: the curves are the class probability (in [0, 1]), as deletion_curve(...,
+    score="probability") computes them through the API."""
+    from gradsal.backends.onnx import OnnxBackend
+
+    paths = sample_paths()[:2]
+    result = run_cli(str(data_path("digits_cnn.onnx")), *paths, "--methods", "vanilla", "--no-randomization",
+                     "--score", "probability", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    row = json.loads((tmp_path / "evaluation.json").read_text())["methods"][0]
+    assert row["deletion_curve"]["score"] == "probability"
+    assert all(0.0 <= s <= 1.0 for s in row["deletion_curve"]["mean_scores"])
+    backend = OnnxBackend(str(data_path("digits_cnn.onnx")))
+    x = sample_images().images[:2]
+    targets = backend.forward(x).argmax(axis=1)
+    saliency = np.abs(core.vanilla_gradient(backend, x, targets)).max(axis=1)
+    deletion = core.deletion_curve(backend, x, saliency, targets, baseline="zero", score="probability")
+    assert row["deletion_auc"] == pytest.approx(deletion.mean_auc, rel=1e-6, abs=1e-9)
