@@ -876,8 +876,11 @@ def global_average_pool_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> 
     if g is None:
         return [None]
     x_shape = ctx.shape(node.input[0])
-    # (N, C, 1, 1): the builder broadcasts it when it adds up x's cotangent (no full-sized Expand)
-    return [ctx.emit1("Mul", [g, ctx.const(1.0 / math.prod(x_shape[2:]), like=node.input[0])])]
+    # (N, C, 1, 1): the builder broadcasts it when it adds up x's cotangent (no full-sized Expand); the
+    # per-channel factor keeps it in onnxruntime's blocked layout, where a scalar would reorder it
+    factor = np.full((1, x_shape[1], *[1] * (len(x_shape) - 2)), 1.0 / math.prod(x_shape[2:]),
+                     dtype=ctx.dtype(node.input[0]))
+    return [ctx.emit1("Mul", [g, ctx.const(factor)])]
 
 
 def _global_argmax(ctx: RuleContext, x: str) -> tuple[str, list[int]]:

@@ -393,7 +393,8 @@ class _Builder:
             # A per-(sample, channel) total as GlobalAveragePool times the area: onnxruntime runs it in its
             # blocked layout, where a ReduceSum would first reorder the whole tensor back to NCHW.
             mean = self.emit1("GlobalAveragePool", [grad])
-            summed = self.emit1("Mul", [mean, self.const(float(np.prod(gshape[2:])), like=grad)])
+            area = np.full((1, gshape[1], *[1] * (len(gshape) - 2)), float(np.prod(gshape[2:])), np.float32)
+            summed = self.emit1("Mul", [mean, self.const(area)])  # per channel: stays in the blocked layout
         elif axes:
             if self.opset >= 13:
                 summed = self.emit1("ReduceSum", [grad, self.const(axes)], keepdims=1)
