@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...core.errors import UnsupportedOperatorError
+from ._elementwise import _scale, _step
 from ._rules import RuleContext, jvp_rule, vjp_rule
 from ._tensor import _slice as _opset_slice
 
@@ -781,24 +782,19 @@ def _max_pool_mask(ctx: RuleContext, node: NodeProto, g: str, axes: Sequence[_Ax
         ctx.record(up, x)
         return up
 
-    gap = ctx.emit1("Add", [_per_channel(ctx, upsample(y), -1.0, x), x])  # x - max <= 0, 0 at a maximum
+    gap = ctx.emit1("Add", [_scale(ctx, upsample(y), -1.0, like=x), x])  # x - max <= 0, 0 at a maximum
     at_max = ctx.emit1("HardSigmoid", [gap], alpha=1e30, beta=1.0)
     masked = ctx.emit1("Mul", [upsample(g), at_max])
     counted = at_max
     producer = ctx.producer(x)
     if producer is not None and producer.op_type == "Relu" and ctx.relu_rule != "deconvnet" and not ctx.is_source(x):
-        counted = ctx.emit1("Mul", [at_max, ctx.emit1("HardSigmoid", [x], alpha=1e30, beta=0.0)])
+        counted = ctx.emit1("Mul", [at_max, _step(ctx, x)])  # [x > 0], as the Relu VJP's own mask
     share = ctx.emit1("AveragePool", [counted], kernel_shape=kernel, strides=kernel)
     most = ctx.emit1("ReduceMax", [share], keepdims=0)
     # not (most < threshold) rather than most > threshold: a NaN (inf - inf at an infinite maximum) flags too
     below = ctx.emit1("Less", [most, ctx.const(np.array(1.5 / math.prod(kernel), dtype=np.float32))])
     return masked, ctx.emit1("Not", [below])
 
-
-def _per_channel(ctx: RuleContext, v: str, factor: float, like: str) -> str:
-    """``v * factor`` as a per-channel multiply (onnxruntime turns it into a blocked-layout Conv)."""
-    shape = ctx.shape(like)
-    return ctx.emit1("Mul", [v, ctx.const(np.full((1, shape[1], 1, 1), factor, dtype=ctx.dtype(like)))])
 
 
 @jvp_rule("MaxPool")
@@ -875,12 +871,9 @@ def global_average_pool_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> 
     g = grads[0]
     if g is None:
         return [None]
-    x_shape = ctx.shape(node.input[0])
-    # (N, C, 1, 1): the builder broadcasts it when it adds up x's cotangent (no full-sized Expand); the
-    # per-channel factor keeps it in onnxruntime's blocked layout, where a scalar would reorder it
-    factor = np.full((1, x_shape[1], *[1] * (len(x_shape) - 2)), 1.0 / math.prod(x_shape[2:]),
-                     dtype=ctx.dtype(node.input[0]))
-    return [ctx.emit1("Mul", [g, ctx.const(factor)])]
+    x = node.input[0]
+    # (N, C, 1, 1): the builder broadcasts it when it adds up x's cotangent (no full-sized Expand)
+    return [_scale(ctx, g, 1.0 / math.prod(ctx.shape(x)[2:]), like=x)]
 
 
 def _global_argmax(ctx: RuleContext, x: str) -> tuple[str, list[int]]:

@@ -319,8 +319,9 @@ def _hard_swish(ctx: RuleContext, node: NodeProto, v: str) -> str:
 
 
 def _scale(ctx: RuleContext, v: str, factor: float, like: str) -> str:
-    """``v * factor`` for ``v`` shaped like the primal ``like``; on a rank-4 tensor as a per-channel
-    multiply, which onnxruntime keeps in its NCHWc layout (a scalar multiply would force a reorder)."""
+    """``v * factor`` for ``v`` with the channel axis of the primal ``like``; for a rank-4 ``like`` as a
+    per-channel multiply, which onnxruntime keeps in its NCHWc layout (a scalar multiply would force a
+    reorder)."""
     shape = ctx.shape(like)
     if len(shape) == 4:
         return _mul(ctx, v, ctx.const(np.full((1, shape[1], 1, 1), factor, dtype=ctx.dtype(like))))

@@ -122,6 +122,10 @@ _VJP: dict[str, VjpRule] = {}
 _JVP: dict[str, JvpRule] = {}
 _DIFFERENTIABLE: dict[str, tuple[int, ...] | None] = {}
 
+# Operators whose outputs are random: never a constant the builder may read, whatever their inputs.
+RANDOM_OPS = frozenset({
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+})
 # Operators whose outputs carry only shape information, a constant or random draws: they end the
 # differentiated path silently, because their outputs' values are no differentiable function of their
 # inputs' values (Shape and EyeLike read only a shape; ConstantOfShape's fill is a constant, its shape an
@@ -129,15 +133,7 @@ _DIFFERENTIABLE: dict[str, tuple[int, ...] | None] = {}
 # differentiable in start and delta (it has a rule, in ``_tensor``). An output of these operators may
 # still *vary* with the input's values (ConstantOfShape of a shape computed from them): the builder
 # never reads such a tensor as a constant (see ``_graph._dependence``).
-SHAPE_ONLY_OPS = frozenset({
-    "Shape", "Size", "Constant", "ConstantOfShape", "EyeLike", "RandomNormal", "RandomUniform",
-    "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
-})
-
-# Operators whose outputs are random: never a constant the builder may read, whatever their inputs.
-RANDOM_OPS = frozenset({
-    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
-})
+SHAPE_ONLY_OPS = frozenset({"Shape", "Size", "Constant", "ConstantOfShape", "EyeLike"}) | RANDOM_OPS
 
 # Operators that are piecewise constant in their data inputs: on the differentiated path they are an
 # error (their gradient is zero almost everywhere, which would silently blank the saliency map).
