@@ -104,7 +104,7 @@ class FastPathFidelityWarning(UserWarning):
     """The fast path's reduced-precision gradients disagreed with float32's; the backend went back to float32."""
 
 
-def _saliency_ranks_agree(fast: np.ndarray, reference: np.ndarray) -> float:
+def _least_map_spearman(fast: np.ndarray, reference: np.ndarray) -> float:
     """The smallest per-sample Spearman correlation between the saliency maps (``|g|``, its maximum over
     the channel axis 1 as ``to_saliency_map`` draws it when there are more than two axes) of two gradient
     batches; a constant reference map counts as agreeing."""
@@ -332,28 +332,30 @@ class TorchBackend:
     def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(outputs, J(x)^T cotangent)`` with ``torch.autograd.grad`` on the input only."""
         if not self._fidelity_checked:
-            self._check_fidelity(x, cotangent)
+            x = self._rules.check_input(x, self._torch)
+            cotangent = self._rules.check_cotangent(cotangent, len(x))
+            self._check_fidelity(x[:FIDELITY_ROWS], cotangent[:FIDELITY_ROWS])
         return self._vjp(x, cotangent, contextlib.nullcontext)
 
     def _check_fidelity(self, x: np.ndarray, cotangent: np.ndarray) -> None:
-        """Compare the first rows' mixed-precision gradients with float32's; fall back to float32 if they
+        """Compare the mixed-precision gradients of these rows with float32's; fall back to float32 if they
         rank the input's elements differently (Spearman below ``fidelity``)."""
-        rows = slice(0, min(len(x), FIDELITY_ROWS))
-        fast = self._vjp(x[rows], np.asarray(cotangent)[rows], contextlib.nullcontext)[1]
+        fast = self._vjp(x, cotangent, contextlib.nullcontext)[1]
         amp, self._amp_dtype = self._amp_dtype, None
         try:
-            reference = self._vjp(x[rows], np.asarray(cotangent)[rows], contextlib.nullcontext)[1]
+            reference = self._vjp(x, cotangent, contextlib.nullcontext)[1]
         finally:
             self._amp_dtype = amp
         self._fidelity_checked = True
-        worst = _saliency_ranks_agree(fast, reference)
+        worst = _least_map_spearman(fast, reference)
         if worst < self._fidelity:
             self._amp_dtype = None
             warnings.warn(
                 f"The fast path's {str(amp).replace('torch.', '')} gradients ranked the input differently from "
                 f"float32's (Spearman {worst:.3f} < fidelity={self._fidelity:g} on the first "
-                f"{rows.stop} rows), so this backend runs in float32 from now on (channels-last and compile "
-                "stay). Pass fidelity=None to keep the mixed precision anyway.",
+                f"{len(x)} rows), so this backend runs in float32 from now on (channels-last and compile "
+                f"stay). To keep the mixed precision anyway, pass dtype={amp} explicitly (an explicit dtype "
+                "is not checked).",
                 FastPathFidelityWarning, stacklevel=self._rules.user_stacklevel())
 
     def jvp(self, x: np.ndarray, tangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -402,11 +404,9 @@ class TorchBackend:
             raise InputError(f"Unknown ReLU rule {rule!r}: use one of {', '.join(_RULES)}.")
         if rule == "standard":
             return self
-        if self._module is not None and any(self._rules.is_script(m, self._torch) for m in self._module.modules()):
-            raise UnsupportedModelError(
-                "Guided backprop/deconvnet cannot reroute the ReLUs of TorchScript code (it does not call "
-                "Python). Pass the eager nn.Module instead of the scripted one."
-            )
+        if self._module is not None:
+            self._refuse_script(self._module, "Guided backprop/deconvnet cannot reroute the ReLUs of TorchScript "
+                                              "code (it does not call Python)")
         return ReluRuleBackend(self, rule)
 
     def randomized(self, layers: Sequence[str], seed: int) -> TorchBackend:
@@ -690,7 +690,7 @@ class TorchBackend:
         return captured[0], self._grad(out, captured[0], cotangent_tensor, what=f"layer {layer!r}")
 
     def _refuse_script(self, module: Any, why: str) -> None:
-        if any(self._rules.is_script(m, self._torch) for m in [module, *module.modules()]):
+        if any(self._rules.is_script(m, self._torch) for m in module.modules()):
             raise UnsupportedModelError(
                 f"{why}. Pass the eager nn.Module instead of the scripted one, or export the model to ONNX "
                 "(torch.onnx.export) and use OnnxBackend, which has layer gradients and randomization for any model."

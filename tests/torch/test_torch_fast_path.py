@@ -243,3 +243,14 @@ def test_fidelity_check_falls_back_to_float32_where_the_maps_disagree() -> None:
 def test_fidelity_must_be_a_correlation(bad) -> None:
     with pytest.raises(gs.InputError, match="fidelity"):
         TorchBackend(nn.Linear(2, 2), fidelity=bad)
+
+
+def test_fidelity_check_gets_the_same_typed_errors_as_vjp() -> None:
+    """The check runs before the first VJP: bad inputs must fail there with vjp's own typed errors."""
+    backend = TorchBackend(_chaotic_net(), fast=True, dtype=torch.bfloat16, fidelity=MIN_SPEARMAN)
+    with pytest.raises(gs.InputError, match="non-empty batch"):
+        backend.vjp(np.float32(1.0), np.ones((1, 3), np.float32))
+    with pytest.raises(gs.InputTypeError, match="floating-point"):
+        backend.vjp(np.ones((2, 1, 8, 8), np.int64), np.ones((2, 3), np.float32))
+    with pytest.raises(gs.InputError, match="one cotangent row per input"):
+        backend.vjp(np.ones((2, 1, 8, 8), np.float32), np.ones((3, 3), np.float32))
