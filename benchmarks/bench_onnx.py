@@ -81,8 +81,9 @@ def session_options(threads: int, profile_prefix: str | None = None):
     return options
 
 
-def export(name: str, batch: int, folder: Path):
-    """The torch module, its input and the exported ONNX path (static shapes, as onnx-ad requires)."""
+def export(name: str, batch: int, folder: Path, symbolic_batch: bool = False):
+    """The torch module, its input and the exported ONNX path (static shapes, as onnx-ad requires, unless
+    ``symbolic_batch``)."""
     import torch
 
     from gradsal.reference_models import architectures
@@ -91,11 +92,12 @@ def export(name: str, batch: int, folder: Path):
     module = getattr(architectures, name)().eval()
     shape = getattr(module, "input_shape", (3, 64, 64))
     x = torch.rand(batch, *shape)
-    path = folder / f"{name}.onnx"
+    path = folder / f"{name}{'_dynamic' if symbolic_batch else ''}.onnx"
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if symbolic_batch else None
     with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated; it is what real exports used
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(module, (x,), str(path), opset_version=17, input_names=["input"],
-                          output_names=["logits"], dynamo=False)
+                          output_names=["logits"], dynamic_axes=axes, dynamo=False)
     return module, x.numpy(), path
 
 
@@ -219,25 +221,15 @@ def bench_stacking(name: str, args: argparse.Namespace, folder: Path) -> dict:
     """SmoothGrad(50) of one image through OnnxBackend against one VJP of a batch of 50 (issue 9: the
     samples are stacked along the batch axis, so the two should cost about the same). Uses an export
     with a symbolic batch axis, since the benchmark's own exports fix the batch."""
-    import torch
-
     from gradsal.backends.onnx import OnnxBackend
     from gradsal.core import smoothgrad
-    from gradsal.reference_models import architectures
 
-    torch.manual_seed(0)
-    module = getattr(architectures, name)().eval()
-    x = torch.rand(1, *getattr(module, "input_shape", (3, 64, 64)))
-    path = folder / f"{name}_dynamic.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(module, (x,), str(path), opset_version=17, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-    image = x.numpy()
+    _, image, path = export(name, 1, folder, symbolic_batch=True)
     backend = OnnxBackend(str(path), session_options=session_options(args.threads))
-    target = int(backend.forward(image).argmax())
+    logits = backend.forward(image)
+    target = int(logits.argmax())
     stacked = np.repeat(image, 50, axis=0)
-    cotangent = np.zeros((50, backend.forward(image).shape[1]), dtype=np.float32)
+    cotangent = np.zeros((50, logits.shape[1]), dtype=np.float32)
     cotangent[:, target] = 1.0
     repeats = max(3, args.repeats // 4)
     vjp_ms = median_ms(lambda: backend.vjp(stacked, cotangent), repeats)

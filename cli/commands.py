@@ -149,10 +149,10 @@ def run_check(args: argparse.Namespace) -> int:
         shape = (1, channels) if height is None else (1, channels, height, width)
         x = np.random.default_rng(args.seed).random(shape).astype(np.float32)
     x = x.astype(np.float64) if args.float64 else x
-    if args.float64 and np.asarray(model.backend.forward(x[:1])).dtype != np.float64:
-        print(f"Note: {args.model} computes in {np.asarray(model.backend.forward(x[:1])).dtype}, so --float64 "
-              "cannot make the check float64 (export or save the model in float64 for that); checking at its "
-              "own precision.")
+    computes_in = np.asarray(model.backend.forward(x[:1])).dtype if args.float64 else None
+    if computes_in is not None and computes_in != np.float64:
+        print(f"Note: {args.model} computes in {computes_in}, so --float64 cannot make the check float64 (export "
+              "or save the model in float64 for that); checking at its own precision.")
     report = core.check_gradients(model.backend, x, seed=args.seed)
     print(report)
     if report.inconclusive:
