@@ -136,22 +136,10 @@ class Meter:
 
 
 # ----------------------------------------------------------------------------- fidelity
-def _ranks(values: np.ndarray) -> np.ndarray:
-    try:
-        from scipy.stats import rankdata
-    except ImportError:
-        order = np.argsort(values, kind="stable")
-        ranks = np.empty(len(values))
-        ranks[order] = np.arange(len(values))
-        return ranks
-    return rankdata(values)
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = _ranks(np.ravel(a)), _ranks(np.ravel(b))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
-    return float((ra * rb).sum() / denominator) if denominator else float("nan")
+def captum_stdev(xt: Any) -> float:
+    """Captum NoiseTunnel's one noise std for the batch: gradsal's per-image sigma (NOISE_LEVEL times the
+    image's value range), averaged over the images."""
+    return float(np.mean([NOISE_LEVEL * float(image.max() - image.min()) for image in xt]))
 
 
 def fidelity(result: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -160,8 +148,8 @@ def fidelity(result: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 
     result, reference = np.asarray(result, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     maps, ref_maps = gs.to_saliency_map(result), gs.to_saliency_map(reference)
-    return {"spearman_map": min(spearman(m, r) for m, r in zip(maps, ref_maps, strict=True)),
-            "spearman_raw": min(spearman(m, r) for m, r in zip(result, reference, strict=True))}
+    return {"spearman_map": min(gs.spearman_correlation(m, r) for m, r in zip(maps, ref_maps, strict=True)),
+            "spearman_raw": min(gs.spearman_correlation(m, r) for m, r in zip(result, reference, strict=True))}
 
 
 # ----------------------------------------------------------------------------- rows
@@ -363,7 +351,7 @@ def add_captum_rows(add: Callable, module: Any, xt: Any, target: Any, n: int, ch
     add("Captum Saliency", lambda: saliency.attribute(xt, target=target, abs=False), reference="vanilla fp32")
     tunnel = NoiseTunnel(saliency)
     # Captum takes one noise scale per input tensor: the mean of gradsal's per-image 0.15 * (max - min)
-    stdev = float(np.mean([NOISE_LEVEL * float(image.max() - image.min()) for image in xt]))
+    stdev = captum_stdev(xt)
     add(f"Captum NoiseTunnel({n})", lambda: tunnel.attribute(
         xt, nt_type="smoothgrad", nt_samples=n, nt_samples_batch_size=per_pass, stdevs=stdev,
         target=target, abs=False), slow=True, reference="smoothgrad fp32")
@@ -426,7 +414,7 @@ def paired_captum(name: str, args: argparse.Namespace) -> list[dict]:
     device, n = args.device, args.samples
     module, x, xt, target, target_np, batch, chunk = model_and_targets(name, args)
     plain, fast = TorchBackend(module), TorchBackend(module, fast=True)
-    stdev = float(np.mean([NOISE_LEVEL * float(image.max() - image.min()) for image in xt]))
+    stdev = captum_stdev(xt)
     tunnel, ig = NoiseTunnel(Saliency(module)), IntegratedGradients(module)
     cases = {
         f"SmoothGrad({n})": {
