@@ -306,16 +306,32 @@ def _hard_swish(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """y = x h(x), h = clip(x/6 + 1/2, 0, 1): dy/dx = h + x/6 [|x| < 3] = h + (h - 1/2) [|x| < 3]
     (x/3 + 1/2 inside, 0 below -3, 1 above 3)."""
     x = node.input[0]
-    h = ctx.emit1("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)
     if _elem_type(ctx, x) == 1:
-        # Only ops onnxruntime runs in its blocked NCHWc layout (HardSigmoid, Mul, Add, per-channel Mul),
-        # so the gradient chain needs no layout reorders around the Convs: [|x| < 3] = [x > -3] [x < 3].
-        inside = _mul(ctx, _steep_step(ctx, x, -3.0, 1.0), _steep_step(ctx, x, 3.0, -1.0))
+        # Only ops onnxruntime runs in its blocked NCHWc layout (HardSigmoid, Mul, per-channel Mul + Add
+        # fused into a Conv), so the gradient chain needs no layout reorders around the Convs.
+        h = ctx.emit1("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)
+        inside = _exact_step(ctx, _mul(ctx, x, x), 9.0, -1.0)  # [x^2 < 9] = [|x| < 3]
         ramp = _scale(ctx, _mul(ctx, x, inside), 1.0 / 6.0, like=x)
     else:
+        h = ctx.emit1("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)
         inside = _mask(ctx, ctx.emit1("Less", [ctx.emit1("Abs", [x]), _scalar(ctx, 3.0, x)]), x)
         ramp = _mul(ctx, ctx.emit1("Sub", [h, _scalar(ctx, 0.5, x)]), inside)
     return _mul(ctx, v, ctx.emit1("Add", [h, ramp]))
+
+
+def _exact_step(ctx: RuleContext, y: str, bound: float, side: float) -> str:
+    """float32 ``[y > bound]`` (side=1) or ``[y < bound]`` (side=-1), exact everywhere, as
+    HardSigmoid(side 2^100 (y - bound)).
+
+    Scaling by a power of two is exact and ``2^100 bound`` is a float32, so ``alpha y + beta`` is
+    ``2^100 (y - bound)`` rounded once, with or without FMA: zero only at the bound, and elsewhere at least
+    2^100 times the float32 spacing near the bound (at least 2^36 for the bounds taken here), which clips
+    to 0 or 1. Beyond about 2^28 the product overflows to an infinity of the right sign, which clips too.
+    """
+    slope = 2.0**100
+    if not (np.float32(bound) == bound and 2.0**-40 <= abs(bound) <= 2.0**24):
+        return _steep_step(ctx, y, bound, side)
+    return ctx.emit1("HardSigmoid", [y], alpha=side * slope, beta=-side * slope * bound)
 
 
 def _scale(ctx: RuleContext, v: str, factor: float, like: str) -> str:

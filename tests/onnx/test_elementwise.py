@@ -180,6 +180,36 @@ def test_clip(data):
     check([node("Clip", inputs)], x, initializers=initializers, opset=opset)
 
 
+@pytest.mark.parametrize("level", ["all", "none"])
+def test_hard_swish_derivative_is_exact_at_the_kinks(level):
+    """HardSwish between identity 1x1 Convs (float32, NCHW, the blocked-layout case): its [|x| < 3] is
+    computed as [x^2 < 9] with a power-of-two slope. Checked against the closed form h + x/6 [|x| < 3]
+    at +-3, one float32 either side of each, 0, a subnormal, and far out (where x^2 and the slope's
+    product overflow)."""
+    import onnxruntime as ort
+
+    f32 = np.float32
+    kinks = [f32(-3), f32(3)]
+    near = [np.nextafter(k, direction) for k in kinks for direction in (f32(-np.inf), f32(np.inf))]
+    tiny = np.nextafter(f32(0), f32(1))
+    special = np.array([*kinks, *near, 0.0, tiny, -tiny, 1.5, -1.5, 1e5, -1e5, 3e9, -3e9, 1e30, -1e30],
+                       np.float32)
+    channels = 8
+    x = np.resize(special, (2, channels, 5, 4)).astype(np.float32)
+    x[1] = np.random.default_rng(0).uniform(-5, 5, x[1].shape)
+    eye = np.eye(channels, dtype=np.float32).reshape(channels, channels, 1, 1)
+    model = make_model(
+        [node("Conv", ["x", "eye"], ["a"]), node("HardSwish", ["a"], ["b"]), node("Conv", ["b", "eye"], ["y"])],
+        {"x": x}, ["y"], initializers={"eye": eye}, opset=14,
+    )
+    v = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    opt = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level == "all" else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    _, grad = run_vjp(model, x, v, level=opt)
+    wide = x.astype(np.float64)
+    derivative = np.clip(wide / 6 + 0.5, 0, 1) + np.where(np.abs(wide) < 3, wide / 6, 0)
+    np.testing.assert_allclose(grad, derivative * v, rtol=1e-6, atol=1e-6)  # the jumps at +-3 are 0.5
+
+
 @pytest.mark.parametrize("high", [6.0, 1.0, 20.0, 255.0])
 @pytest.mark.parametrize("level", ["all", "none"])
 def test_relu6_mask_is_exact_at_both_bounds(high, level):
