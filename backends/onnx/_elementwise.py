@@ -297,6 +297,11 @@ def _hard_sigmoid(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """y = clip(alpha x + beta, 0, 1): slope alpha where 0 < y < 1, i.e. where y (1 - y) > 0."""
     y = node.output[0]
     alpha = float(ctx.attr(node, "alpha", 0.2))
+    if _elem_type(ctx, y) == 1 and len(ctx.shape(y)) == 4 and _box_step_is_exact(1.0):
+        # NCHW float32 (the gate of squeeze-excitation, HardSwish exported before opset 14 as
+        # x HardSigmoid(x)): the two-pass box mask and a per-channel scale stay in onnxruntime's blocked
+        # layout; Sub and a scalar Mul would reorder the whole tensor out of it and back.
+        return _scale(ctx, _mul(ctx, v, _box_mask(ctx, y, 1.0)), alpha, like=y)
     inside = _step(ctx, _mul(ctx, y, ctx.emit1("Sub", [_scalar(ctx, 1.0, y), y])))
     return _mul(ctx, v, _mul(ctx, inside, _scalar(ctx, alpha, y)))
 

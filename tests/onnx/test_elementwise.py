@@ -181,6 +181,33 @@ def test_clip(data):
 
 
 @pytest.mark.parametrize("level", ["all", "none"])
+def test_hard_sigmoid_mask_is_exact_at_both_kinks(level):
+    """HardSigmoid(alpha=1/4, beta=1/2) between identity 1x1 Convs (float32, NCHW: the blocked-layout box
+    mask). Powers of two make y = x/4 + 1/2 exact, so the gradient must be exactly alpha [0 < y < 1]: at
+    y = 0 and y = 1 (x = -+2), one float32 inside and outside each, and far out."""
+    import onnxruntime as ort
+
+    f32 = np.float32
+    kinks = [f32(-2), f32(2)]
+    near = [np.nextafter(k, direction) for k in kinks for direction in (f32(-np.inf), f32(np.inf))]
+    special = np.array([*kinks, *near, 0.0, 1.0, -1.0, -3.0, 3.0, 1e30, -1e30], np.float32)
+    channels = 8
+    x = np.resize(special, (2, channels, 5, 4)).astype(np.float32)
+    x[1] = np.random.default_rng(0).uniform(-3, 3, x[1].shape)
+    eye = np.eye(channels, dtype=np.float32).reshape(channels, channels, 1, 1)
+    model = make_model(
+        [node("Conv", ["x", "eye"], ["a"]), node("HardSigmoid", ["a"], ["b"], alpha=0.25, beta=0.5),
+         node("Conv", ["b", "eye"], ["y"])],
+        {"x": x}, ["y"], initializers={"eye": eye},
+    )
+    v = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    opt = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level == "all" else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    _, grad = run_vjp(model, x, v, level=opt)
+    y = x / f32(4) + f32(0.5)  # exact in float32 for these inputs
+    np.testing.assert_array_equal(grad, np.where((y > 0) & (y < 1), v * f32(0.25), 0).astype(np.float32))
+
+
+@pytest.mark.parametrize("level", ["all", "none"])
 def test_hard_swish_derivative_is_exact_at_the_kinks(level):
     """HardSwish between identity 1x1 Convs (float32, NCHW, the blocked-layout case): its [|x| < 3] is
     computed as [x^2 < 9] with a power-of-two slope. Checked against the closed form h + x/6 [|x| < 3]
