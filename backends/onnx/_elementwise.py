@@ -584,19 +584,44 @@ def sub_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
 @vjp_rule("Mul")
 def mul_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
     g, (a, b), out_shape = grads[0], node.input[:2], ctx.shape(node.output[0])
-    ga = ctx.unbroadcast(_mul(ctx, g, b), a, out_shape) if ctx.needs_grad(a) else None
-    gb = ctx.unbroadcast(_mul(ctx, g, a), b, out_shape) if ctx.needs_grad(b) else None
+    ga = ctx.unbroadcast(_times_operand(ctx, g, b, out_shape), a, out_shape) if ctx.needs_grad(a) else None
+    gb = ctx.unbroadcast(_times_operand(ctx, g, a, out_shape), b, out_shape) if ctx.needs_grad(b) else None
     return [ga, gb]
+
+
+def _channel_factor(ctx: RuleContext, name: str, out_shape: Sequence[int]) -> np.ndarray | None:
+    """A constant float32 operand of a rank-4 result that is one number, or one number per channel, as a
+    (1, C, 1, 1) array; else None."""
+    value = ctx.value(name)
+    if value is None or len(out_shape) != 4:
+        return None
+    value = np.asarray(value)
+    channels = int(out_shape[1])
+    if value.dtype != np.float32 or value.ndim > 4:
+        return None
+    if value.size == 1:
+        return np.full((1, channels, 1, 1), value.reshape(-1)[0], np.float32)
+    if (1,) * (4 - value.ndim) + value.shape == (1, channels, 1, 1):
+        return value.reshape(1, channels, 1, 1)
+    return None
+
+
+def _times_operand(ctx: RuleContext, g: str, factor: str, out_shape: Sequence[int]) -> str:
+    """``g * factor``; a constant scalar factor of a rank-4 float32 ``g`` is multiplied in per channel,
+    which onnxruntime keeps in its blocked NCHWc layout (a scalar Mul reorders ``g`` out of it and back)."""
+    per_channel = _channel_factor(ctx, factor, out_shape)
+    return _mul(ctx, g, factor if per_channel is None else ctx.const(per_channel))
 
 
 @jvp_rule("Mul")
 def mul_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
     a, b = node.input[:2]
+    out_shape = ctx.shape(node.output[0])
     terms = []
     if tangents[0] is not None:
-        terms.append(_mul(ctx, tangents[0], b))
+        terms.append(_times_operand(ctx, tangents[0], b, out_shape))
     if tangents[1] is not None:
-        terms.append(_mul(ctx, a, tangents[1]))
+        terms.append(_times_operand(ctx, tangents[1], a, out_shape))
     # each term broadcasts a against b, i.e. already has the output's shape
     return [_add_all(ctx, terms)]
 
@@ -605,6 +630,12 @@ def mul_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
 def div_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
     """y = a / b: ga = g / b, gb = -(g / b) y."""
     g, (a, b), out_shape = grads[0], node.input[:2], ctx.shape(node.output[0])
+    per_channel = _channel_factor(ctx, b, out_shape)
+    if per_channel is not None and not ctx.needs_grad(b):
+        # g / b as g * (1/b) per channel (blocked layout, see _times_operand); within an ulp of g / b
+        with np.errstate(divide="ignore"):
+            reciprocal = np.float32(1) / per_channel
+        return [ctx.unbroadcast(_mul(ctx, g, ctx.const(reciprocal)), a, out_shape), None]
     quotient = ctx.emit1("Div", [g, b])
     ga = ctx.unbroadcast(quotient, a, out_shape) if ctx.needs_grad(a) else None
     gb = None

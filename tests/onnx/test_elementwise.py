@@ -331,6 +331,20 @@ def test_binary_arithmetic(op, data):
         check(nodes, x, initializers=initializers, opset=opset)
 
 
+@pytest.mark.parametrize("op", ["Mul", "Div"])
+@given(data=st.data())
+def test_constant_factor_of_a_feature_map(op, data):
+    """Mul/Div of a float32 NCHW tensor by a constant scalar or per-channel factor (Paddle's HardSwish
+    x relu6(x + 3) / 6, exported scales): the VJP multiplies per channel (1/b for Div)."""
+    spatial = data.draw(SHAPES.filter(lambda s: len(s) == 2))
+    shape = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 5)), *spatial)
+    x = data.draw(values(shape, F32))
+    factor_shape = data.draw(st.sampled_from([(), (1,), (shape[1], 1, 1), (1, shape[1], 1, 1)]))
+    factor = data.draw(nonzero(factor_shape, F32, 0.5, 1.5))
+    order = ["x", "k"] if op == "Div" or data.draw(st.booleans()) else ["k", "x"]
+    check([node(op, order)], x, initializers={"k": factor}, opset=data.draw(st.sampled_from(OPSETS)))
+
+
 @pytest.mark.parametrize("kind", ["float", "int", "array"])
 @given(data=st.data())
 def test_pow_constant_exponent(kind, data):
