@@ -294,6 +294,8 @@ class _Builder:
     made_by: dict[str, Any] = field(default_factory=dict)
     exact_ties: bool = False
     tie_flags: list[str] = field(default_factory=list)
+    forward_before: dict[str, list[Any]] = field(default_factory=dict)
+    forward_replaced: dict[str, Any] = field(default_factory=dict)
     _counter: itertools.count = field(default_factory=itertools.count)
 
     def fresh(self, hint: str) -> str:
@@ -316,6 +318,33 @@ class _Builder:
 
     def emit1(self, op_type: str, inputs: Sequence[str], **attrs: object) -> str:
         return self.emit(op_type, inputs, 1, **attrs)[0]
+
+    def emit_forward(self, before: Any, op_type: str, inputs: Sequence[str], **attrs: object) -> str:
+        from onnx import helper
+
+        output = self.fresh(op_type.lower())
+        clean = {k: v for k, v in attrs.items() if v is not None}
+        node = helper.make_node(op_type, list(inputs), [output], name=f"{output}/{self.current}", **clean)
+        self.forward_before.setdefault(before.output[0], []).append(node)
+        self._track(op_type, list(inputs), [output], clean)
+        return output
+
+    def replace_forward(self, node: Any, op_type: str, inputs: Sequence[str], **attrs: object) -> None:
+        from onnx import helper
+
+        clean = {k: v for k, v in attrs.items() if v is not None}
+        self.forward_replaced[node.output[0]] = helper.make_node(
+            op_type, list(inputs), list(node.output), name=node.name or f"gradsal_{op_type.lower()}", **clean
+        )
+
+    def forward_nodes(self, nodes: Sequence[Any]) -> list[Any]:
+        """The model's nodes with the rules' forward additions and replacements, in a valid order."""
+        result = []
+        for node in nodes:
+            key = node.output[0] if node.output else None
+            result += self.forward_before.get(key, []) if key else []
+            result.append(self.forward_replaced.get(key, node) if key else node)
+        return result
 
     def _track(self, op_type: str, inputs: list[str], outputs: list[str], attrs: dict[str, object]) -> None:
         known = [self._known_shape(name) for name in inputs if name]
@@ -601,7 +630,7 @@ def build_gradient_model(
 
     outputs = [output_name, RESULT_NAME] + ([source] if source != input_name else [])
     outputs += [check for check, _, _ in checks] + builder.tie_flags
-    all_nodes = _needed_nodes([*graph.node, *builder.nodes], set(outputs))
+    all_nodes = _needed_nodes([*builder.forward_nodes(graph.node), *builder.nodes], set(outputs))
     input_vi = next(vi for vi in graph.input if vi.name == input_name)
     seed_elem = helper.np_dtype_to_tensor_dtype(builder.dtype(seed_like))
     result_elem = helper.np_dtype_to_tensor_dtype(builder.dtype(result_like))

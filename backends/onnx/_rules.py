@@ -56,6 +56,16 @@ class RuleContext(Protocol):
     def emit1(self, op_type: str, inputs: Sequence[str], **attrs: object) -> str:
         """Like :meth:`emit` for a single-output node; returns its output name."""
 
+    def emit_forward(self, before: NodeProto, op_type: str, inputs: Sequence[str], **attrs: object) -> str:
+        """Add a node to the forward computation, just before the model node ``before``; returns its output.
+
+        For a primal intermediate that the forward and the rule can share (see :meth:`replace_forward`).
+        """
+
+    def replace_forward(self, node: NodeProto, op_type: str, inputs: Sequence[str], **attrs: object) -> None:
+        """Compute the outputs of the model node ``node`` with an equivalent node instead (its rules still
+        apply to the original node)."""
+
     def const(self, value: np.ndarray | float | int | Sequence[int], dtype: np.dtype | type | None = None,
               like: str | None = None) -> str:
         """An initializer holding ``value``; returns its name.

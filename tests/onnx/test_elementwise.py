@@ -94,6 +94,16 @@ def test_unary(op, dtype, domain, opsets, data):
     check([node(op, ["x"])], x, opset=data.draw(st.sampled_from(opsets)))
 
 
+@given(data=st.data())
+def test_hard_swish_feature_map(data):
+    """Rank-4 float32 HardSwish, whose forward the VJP graph rewrites as x HardSigmoid(x) to share the
+    HardSigmoid; against finite differences (VJP and JVP), off the kinks at +-3."""
+    spatial = data.draw(SHAPES.filter(lambda s: len(s) == 2))
+    shape = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 4)), *spatial)
+    x = data.draw(values(shape, F32, -3.5, 3.5, step=0.5, offset=0.25))
+    check([node("HardSwish", ["x"])], x, opset=data.draw(st.sampled_from([14, 17])))
+
+
 @pytest.mark.parametrize("op", ["LeakyRelu", "Elu", "Selu", "Celu"])
 @given(data=st.data())
 def test_activations_with_attributes(op, data):
@@ -231,7 +241,10 @@ def test_hard_swish_derivative_is_exact_at_the_kinks(level):
     )
     v = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
     opt = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level == "all" else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    _, grad = run_vjp(model, x, v, level=opt)
+    outputs, grad = run_vjp(model, x, v, level=opt)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    # the forward now computes HardSwish as x HardSigmoid(x), sharing the HardSigmoid with the VJP
+    np.testing.assert_allclose(np.asarray(outputs), session.run(None, {"x": x})[0], rtol=1e-6, atol=0)
     wide = x.astype(np.float64)
     derivative = np.clip(wide / 6 + 0.5, 0, 1) + np.where(np.abs(wide) < 3, wide / 6, 0)
     np.testing.assert_allclose(grad, derivative * v, rtol=1e-6, atol=1e-6)  # the jumps at +-3 are 0.5
