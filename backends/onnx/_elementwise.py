@@ -13,7 +13,12 @@ gradient graph about as cheap as the forward pass (issue 9):
 - a broadcast operand's gradient is reduced only when its shape differs from the output's
   (``ctx.unbroadcast`` emits nothing otherwise), and after the cheap elementwise work where possible;
 - matrix products use Gemm's ``transA``/``transB`` instead of materialising transposes whenever the
-  operands are (or can be reshaped for free into) matrices.
+  operands are (or can be reshaped for free into) matrices;
+- on float32 NCHW tensors, only ops that onnxruntime runs in its blocked NCHWc layout next to the Convs:
+  HardSigmoid steps (exact ones with a power-of-two slope), same-shape Mul/Add, and per-channel constant
+  multiplies (a constant scalar factor becomes a per-channel one), so no layout reorders come in;
+- a rule may write its forward node in an equivalent form that shares an intermediate with the
+  gradient (HardSwish as ``x * HardSigmoid(x)``, whose HardSigmoid the VJP reuses).
 """
 
 from __future__ import annotations
@@ -650,7 +655,8 @@ def div_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
         # g / b as g * (1/b) per channel (blocked layout, see _times_operand); within an ulp of g / b
         with np.errstate(divide="ignore"):
             reciprocal = np.float32(1) / per_channel
-        return [ctx.unbroadcast(_mul(ctx, g, ctx.const(reciprocal)), a, out_shape), None]
+        ga = ctx.unbroadcast(_mul(ctx, g, ctx.const(reciprocal)), a, out_shape) if ctx.needs_grad(a) else None
+        return [ga, None]
     quotient = ctx.emit1("Div", [g, b])
     ga = ctx.unbroadcast(quotient, a, out_shape) if ctx.needs_grad(a) else None
     gb = None
