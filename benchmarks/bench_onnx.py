@@ -15,7 +15,8 @@ everywhere:
   of coordinates, stated as such), and the speed-up of the gradient graph over it.
 
 - with ``--interleaved R``: the ratio of the fastest of R runs of the forward and of the VJP, taking
-  turns (steadier than the medians on a shared machine); ``--skip-peers`` leaves out everything else;
+  turns in blocks of 4 whose first run is not timed (steadier than the medians on a shared machine; see
+  ``interleaved_min_ms``); ``--skip-peers`` leaves out everything else;
 - with ``--stacking``: SmoothGrad(50) of one image against one VJP of a batch of 50 (the samples are
   stacked along the batch axis; the ratio should be about 1).
 
@@ -53,17 +54,26 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return 1e3 * float(np.median(times))
 
 
-def interleaved_min_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """The fastest of ``repeats`` runs of each function, the functions taking turns (two warm-up rounds):
-    load from other jobs slows any one run, but rarely every run of one function and none of the other."""
+def interleaved_min_ms(fns: list[Callable[[], object]], repeats: int, block: int = 4) -> list[float]:
+    """The fastest of ``repeats`` timed runs of each function, the functions taking turns in blocks of
+    ``block`` runs (two warm-up rounds): load from other jobs slows any one run, but rarely every run of
+    one function and none of the other.
+
+    The first run of each block is not timed. With two or more threads, each onnxruntime session has its
+    own thread pool, whose workers keep spinning for a while after a run; on a 2-vCPU machine they take a
+    core from the other session's next run (measured: the OCR-style VJP 9.1-9.5 ms alone, 12.1-12.4 ms
+    right after each forward run). A user runs one of the two, so each is timed once the other is idle.
+    """
     for fn in fns * 2:
         fn()
     best = [float("inf")] * len(fns)
-    for _ in range(repeats):
+    for _ in range(max(1, repeats // (block - 1))):
         for i, fn in enumerate(fns):
-            start = time.perf_counter()
             fn()
-            best[i] = min(best[i], time.perf_counter() - start)
+            for _ in range(block - 1):
+                start = time.perf_counter()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - start)
     return [1e3 * b for b in best]
 
 
