@@ -305,45 +305,39 @@ class _Builder:
                 self.taken.add(name)
                 return name
 
-    def emit(self, op_type: str, inputs: Sequence[str], n_outputs: int = 1, **attrs: object) -> list[str]:
+    def _node(self, op_type: str, inputs: Sequence[str], outputs: list[str], attrs: dict[str, object],
+              name: str | None = None) -> Any:
+        """A node with these outputs (its shapes and dtypes tracked); None-valued attributes are left out."""
         from onnx import helper
 
-        outputs = [self.fresh(op_type.lower()) for _ in range(n_outputs)]
         clean = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(
-            helper.make_node(op_type, list(inputs), outputs, name=f"{outputs[0]}/{self.current}", **clean)
-        )
         self._track(op_type, list(inputs), outputs, clean)
+        return helper.make_node(op_type, list(inputs), outputs, name=name or f"{outputs[0]}/{self.current}", **clean)
+
+    def emit(self, op_type: str, inputs: Sequence[str], n_outputs: int = 1, **attrs: object) -> list[str]:
+        outputs = [self.fresh(op_type.lower()) for _ in range(n_outputs)]
+        self.nodes.append(self._node(op_type, inputs, outputs, attrs))
         return outputs
 
     def emit1(self, op_type: str, inputs: Sequence[str], **attrs: object) -> str:
         return self.emit(op_type, inputs, 1, **attrs)[0]
 
     def emit_forward(self, before: Any, op_type: str, inputs: Sequence[str], **attrs: object) -> str:
-        from onnx import helper
-
         output = self.fresh(op_type.lower())
-        clean = {k: v for k, v in attrs.items() if v is not None}
-        node = helper.make_node(op_type, list(inputs), [output], name=f"{output}/{self.current}", **clean)
-        self.forward_before.setdefault(before.output[0], []).append(node)
-        self._track(op_type, list(inputs), [output], clean)
+        self.forward_before.setdefault(before.output[0], []).append(self._node(op_type, inputs, [output], attrs))
         return output
 
     def replace_forward(self, node: Any, op_type: str, inputs: Sequence[str], **attrs: object) -> None:
-        from onnx import helper
-
-        clean = {k: v for k, v in attrs.items() if v is not None}
-        self.forward_replaced[node.output[0]] = helper.make_node(
-            op_type, list(inputs), list(node.output), name=node.name or f"gradsal_{op_type.lower()}", **clean
-        )
+        self.forward_replaced[node.output[0]] = self._node(op_type, inputs, list(node.output), attrs,
+                                                           name=node.name or None)
 
     def forward_nodes(self, nodes: Sequence[Any]) -> list[Any]:
         """The model's nodes with the rules' forward additions and replacements, in a valid order."""
         result = []
         for node in nodes:
             key = node.output[0] if node.output else None
-            result += self.forward_before.get(key, []) if key else []
-            result.append(self.forward_replaced.get(key, node) if key else node)
+            result += self.forward_before.get(key, [])
+            result.append(self.forward_replaced.get(key, node))
         return result
 
     def _track(self, op_type: str, inputs: list[str], outputs: list[str], attrs: dict[str, object]) -> None:

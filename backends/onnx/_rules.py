@@ -62,6 +62,10 @@ class RuleContext(Protocol):
         For a primal intermediate that the forward and the rule can share (see :meth:`replace_forward`).
         """
 
+    def record(self, name: str, like: str) -> None:
+        """Note that ``name`` (an emitted tensor whose shape the context cannot infer, a Resize output say)
+        has the shape and dtype of the primal ``like``."""
+
     def replace_forward(self, node: NodeProto, op_type: str, inputs: Sequence[str], **attrs: object) -> None:
         """Compute the outputs of the model node ``node`` with an equivalent node instead (its rules still
         apply to the original node)."""
