@@ -316,28 +316,27 @@ def _hard_swish(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """y = x h(x), h = clip(x/6 + 1/2, 0, 1): dy/dx = h + x/6 [|x| < 3] = h + (h - 1/2) [|x| < 3]
     (x/3 + 1/2 inside, 0 below -3, 1 above 3)."""
     x = node.input[0]
+    h = _shared_hard_sigmoid(ctx, node)
     if _elem_type(ctx, x) == 1:
         # Only ops onnxruntime runs in its blocked NCHWc layout (HardSigmoid, Mul, per-channel Mul + Add
         # fused into a Conv), so the gradient chain needs no layout reorders around the Convs.
-        h = _shared_hard_sigmoid(ctx, node)
         inside = _exact_step(ctx, _mul(ctx, x, x), 9.0, -1.0)  # [x^2 < 9] = [|x| < 3]
         ramp = _scale(ctx, _mul(ctx, x, inside), 1.0 / 6.0, like=x)
     else:
-        h = ctx.emit1("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)
         inside = _mask(ctx, ctx.emit1("Less", [ctx.emit1("Abs", [x]), _scalar(ctx, 3.0, x)]), x)
         ramp = _mul(ctx, ctx.emit1("Sub", [h, _scalar(ctx, 0.5, x)]), inside)
     return _mul(ctx, v, ctx.emit1("Add", [h, ramp]))
 
 
 def _shared_hard_sigmoid(ctx: RuleContext, node: NodeProto) -> str:
-    """h = HardSigmoid(x) of HardSwish(x) = x h, for a rank-4 x also used by the forward.
+    """h = HardSigmoid(x) of HardSwish(x) = x h; for a float32 rank-4 x, also used by the forward.
 
     onnxruntime runs a HardSwish it cannot fuse into a Conv (here the VJP reads x) as HardSigmoid + Mul
     in its blocked layout. Writing the forward that way, as ``Mul(x, h)`` with this same h, saves the
     gradient graph one pass over x per HardSwish; the forward's values are the same.
     """
     x = node.input[0]
-    if len(ctx.shape(x)) != 4:
+    if _elem_type(ctx, x) != 1 or len(ctx.shape(x)) != 4:
         return ctx.emit1("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)
     h = ctx.emit_forward(node, "HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)
     ctx.replace_forward(node, "Mul", [x, h])

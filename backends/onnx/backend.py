@@ -350,9 +350,13 @@ class OnnxBackend:
                 + " OnnxBackend.layer_names() lists the Conv outputs."
             )
 
+    def _graph_key(self, x: np.ndarray, mode: str, wrt: str | None) -> tuple:
+        """What a gradient graph is built for (the cache adds which tie rule it uses)."""
+        return (tuple(x.shape), mode, wrt, self._relu_rule)
+
     def _built(self, x: np.ndarray, mode: str, wrt: str | None, stale: Any = None, exact_ties: bool = False) -> Any:
         """The cached graph for ``x``'s shape, built (probed at ``x``) if missing or if it is ``stale``."""
-        key = (tuple(x.shape), mode, wrt, self._relu_rule, exact_ties)
+        key = (*self._graph_key(x, mode, wrt), exact_ties)
         shared = self._shared
         with shared.lock:
             if key in shared.cache and (stale is None or shared.cache[key] is not stale):
@@ -373,7 +377,7 @@ class OnnxBackend:
         shape than the build's output), the graph is rebuilt once at this ``x``. A run that raises one of
         the graph's ``tie_flags`` (a max-pooling window with two maxima) is redone on the exact-ties graph.
         """
-        key = (tuple(x.shape), mode, wrt, self._relu_rule)
+        key = self._graph_key(x, mode, wrt)
         exact_ties = self._take_exact_turn(key)
         rebuilt = False
         built = self._built(x, mode, wrt, exact_ties=exact_ties)
