@@ -1,0 +1,136 @@
+"""How fast could any VJP rule for one activation make the gradient graph? A lower bound, measured.
+
+For each model it times, interleaved against the plain onnxruntime forward (``bench_onnx``'s session
+options and timer), three VJP graphs that differ only in the rule used for one operator (``--op``):
+
+- ``exact``: gradsal's own rule;
+- ``times x``: the cotangent multiplied once by the operator's input, ``g * x``. This is wrong on
+  purpose. Every exact rule for HardSwish must read ``x`` (the derivative jumps at -3 and 3 and is
+  negative on (-3, -1.5)), and needs at least that one multiply, so no exact rule can beat this graph;
+- ``recomputed x``: ``g * x'`` where ``x'`` is a second copy of the Conv that produced ``x`` (where one
+  did, with a copy of its weight), so that the forward keeps the Conv and the activation fused as in the
+  plain forward: the floor of an exact rule that recomputes ``x`` instead of keeping it;
+- ``times y``: ``g * y``, reading only the output, which also keeps the forward fused. Wrong too: the
+  floor of a rule that never reads ``x``, which exists for ReLU6 (a box mask of ``y``) but not for
+  HardSwish, which is not invertible on (-3, 0).
+
+The four graphs and the forward take turns (``bench_onnx.interleaved_min_ms``) for ``--rounds`` rounds;
+each round gives each graph's fastest run over the forward's fastest run in that round, and the table
+shows the median ratio over the rounds and its interquartile range: on a shared 2-vCPU machine single
+runs swing by up to 1.5x, paired rounds much less. The script restores gradsal's rule before it returns.
+Run: ``python benchmarks/measure_activation_floor.py [--models small_mobilenet] [--batches 1 4 16]
+[--threads 1 2] [--op HardSwish] [--rounds 15] [--repeats 9]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_onnx import export, interleaved_min_ms, session_options
+
+VARIANTS = ("exact", "times x", "recomputed x", "times y")
+
+
+@contextlib.contextmanager
+def single_multiply_rule(op_type: str, operand: str, model=None) -> Iterator[None]:
+    """Replace ``op_type``'s VJP by ``g * x`` (operand "x"), ``g * y`` ("y") or ``g * x'`` with ``x'`` a
+    copy of the Conv of ``model`` that produced ``x`` ("recomputed"); restore the rule on exit."""
+    import onnx
+
+    from gradsal.backends.onnx import _rules
+
+    saved = _rules._VJP[op_type], _rules._DIFFERENTIABLE.get(op_type)
+    producers = {out: node for node in (model.graph.node if model else []) for out in node.output}
+
+    def multiply_once(ctx, node, grads):
+        factor = node.output[0] if operand == "y" else node.input[0]
+        conv = producers.get(factor)
+        if operand == "recomputed" and conv is not None and conv.op_type == "Conv":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
+            # a copy of the weight, or onnxruntime merges the two Convs back into one
+            inputs = [conv.input[0], ctx.const(ctx.value(conv.input[1]).copy()), *conv.input[2:]]
+            factor = ctx.emit1("Conv", inputs, **attrs)
+        return [ctx.emit1("Mul", [grads[0], factor])] + [None] * (len(node.input) - 1)
+
+    _rules._VJP[op_type], _rules._DIFFERENTIABLE[op_type] = multiply_once, (0,)
+    try:
+        yield
+    finally:
+        _rules._VJP[op_type], _rules._DIFFERENTIABLE[op_type] = saved
+
+
+def gradient_graphs(model, shape, op_type: str) -> dict[str, object]:
+    from gradsal.backends.onnx._graph import build_gradient_model
+
+    def build():
+        return build_gradient_model(model, shape, input_name="input", output_name="logits")
+
+    graphs = {"exact": build()}
+    for name, operand in (("times x", "x"), ("recomputed x", "recomputed"), ("times y", "y")):
+        with single_multiply_rule(op_type, operand, model):
+            graphs[name] = build()
+    return graphs
+
+
+def measure(name: str, batch: int, threads: int, op_type: str, rounds: int, repeats: int,
+            folder: Path) -> tuple[float, np.ndarray]:
+    """The forward's median time in ms, and each round's ratio of each variant to the forward
+    (rounds x variants)."""
+    import onnx
+    import onnxruntime as ort
+
+    _, x, path = export(name, batch, folder)
+    model = onnx.load(str(path))
+    if op_type not in {node.op_type for node in model.graph.node}:
+        raise SystemExit(f"{name} has no {op_type} node; pick --op from its operators.")
+    forward = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    logits = forward.run(None, {"input": x})[0]
+    cotangent = np.zeros_like(logits)
+    cotangent[np.arange(batch), logits.argmax(1)] = 1.0
+    runs = [lambda: forward.run(None, {"input": x})]
+    for graph in gradient_graphs(model, x.shape, op_type).values():
+        session = ort.InferenceSession(graph.model.SerializeToString(), session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+        feeds = {graph.input_name: x, graph.seed_name: cotangent}
+        runs.append(lambda session=session, feeds=feeds: session.run(None, feeds))
+    times = np.array([interleaved_min_ms(runs, repeats) for _ in range(rounds)])
+    return float(np.median(times[:, 0])), times[:, 1:] / times[:, :1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["small_mobilenet"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--op", default="HardSwish", help="the operator whose rule is replaced")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=9, help="timed runs of each graph per round")
+    args = parser.parse_args()
+    import onnxruntime as ort
+
+    print(f"onnxruntime {ort.__version__}; {args.op}'s rule replaced; median (interquartile range) over "
+          f"{args.rounds} rounds of the fastest of {args.repeats} interleaved runs")
+    print("")
+    print(f"| model | batch | threads | forward ms | {' | '.join(f'{v} / forward' for v in VARIANTS)} |")
+    print("|---|---|---|---|" + "---|" * len(VARIANTS))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            for batch in args.batches:
+                for threads in args.threads:
+                    forward_ms, ratios = measure(name, batch, threads, args.op, args.rounds, args.repeats,
+                                                 Path(tmp))
+                    quartiles = np.percentile(ratios, [25, 50, 75], axis=0).T
+                    cells = " | ".join(f"{mid:.2f}x ({low:.2f}-{high:.2f})" for low, mid, high in quartiles)
+                    print(f"| {name} | {batch} | {threads} | {forward_ms:.2f} | {cells} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
