@@ -17,9 +17,11 @@ options and timer), three VJP graphs that differ only in the rule used for one o
 The four graphs and the forward take turns (``bench_onnx.interleaved_min_ms``) for ``--rounds`` rounds;
 each round gives each graph's fastest run over the forward's fastest run in that round, and the table
 shows the median ratio over the rounds and its interquartile range: on a shared 2-vCPU machine single
-runs swing by up to 1.5x, paired rounds much less. The script restores gradsal's rule before it returns.
+runs swing by up to 1.5x, paired rounds much less. With two threads, five sessions taking turns leave
+their thread pools spinning into each other's runs; ``--no-spinning`` turns spinning off in every
+session, the forward's included. The script restores gradsal's rule before it returns.
 Run: ``python benchmarks/measure_activation_floor.py [--models small_mobilenet] [--batches 1 4 16]
-[--threads 1 2] [--op HardSwish] [--rounds 15] [--repeats 9]``
+[--threads 1 2] [--op HardSwish] [--rounds 15] [--repeats 9] [--no-spinning]``
 """
 
 from __future__ import annotations
@@ -34,9 +36,19 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_onnx import export, interleaved_min_ms, session_options
+import bench_onnx
+from bench_onnx import export, interleaved_min_ms
 
 VARIANTS = ("exact", "times x", "recomputed x", "times y")
+SPINNING = {"allowed": True}
+
+
+def session_options(threads: int):
+    """``bench_onnx``'s session options, without thread-pool spinning where ``--no-spinning`` asks."""
+    options = bench_onnx.session_options(threads)
+    if not SPINNING["allowed"]:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 @contextlib.contextmanager
@@ -113,11 +125,14 @@ def main() -> None:
     parser.add_argument("--op", default="HardSwish", help="the operator whose rule is replaced")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=9, help="timed runs of each graph per round")
+    parser.add_argument("--no-spinning", action="store_true", help="no thread-pool spinning in any session")
     args = parser.parse_args()
+    SPINNING["allowed"] = not args.no_spinning
     import onnxruntime as ort
 
     print(f"onnxruntime {ort.__version__}; {args.op}'s rule replaced; median (interquartile range) over "
-          f"{args.rounds} rounds of the fastest of {args.repeats} interleaved runs")
+          f"{args.rounds} rounds of the fastest of {args.repeats} interleaved runs"
+          f"{'; no thread-pool spinning' if args.no_spinning else ''}")
     print("")
     print(f"| model | batch | threads | forward ms | {' | '.join(f'{v} / forward' for v in VARIANTS)} |")
     print("|---|---|---|---|" + "---|" * len(VARIANTS))
