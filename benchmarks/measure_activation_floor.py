@@ -1,7 +1,7 @@
 """How fast could any VJP rule for one activation make the gradient graph? A lower bound, measured.
 
 For each model it times, interleaved against the plain onnxruntime forward (``bench_onnx``'s session
-options and timer), three VJP graphs that differ only in the rule used for one operator (``--op``):
+options and timer), four VJP graphs that differ only in the rule used for one operator (``--op``):
 
 - ``exact``: gradsal's own rule;
 - ``times x``: the cotangent multiplied once by the operator's input, ``g * x``. This is wrong on
@@ -68,7 +68,9 @@ def single_multiply_rule(op_type: str, operand: str, model=None) -> Iterator[Non
         if operand == "recomputed" and conv is not None and conv.op_type == "Conv":
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
             # a copy of the weight, or onnxruntime merges the two Convs back into one
-            inputs = [conv.input[0], ctx.const(ctx.value(conv.input[1]).copy()), *conv.input[2:]]
+            weight = ctx.value(conv.input[1])
+            copy = conv.input[1] if weight is None else ctx.const(weight.copy())
+            inputs = [conv.input[0], copy, *conv.input[2:]]
             factor = ctx.emit1("Conv", inputs, **attrs)
         return [ctx.emit1("Mul", [grads[0], factor])] + [None] * (len(node.input) - 1)
 
