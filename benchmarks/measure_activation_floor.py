@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_onnx
-from bench_onnx import export, interleaved_min_ms
+from bench_onnx import export, interleaved_min_ms, top_class_cotangent
 
 VARIANTS = ("exact", "times x", "recomputed x", "times y")
 SPINNING = {"allowed": True}
@@ -106,9 +106,7 @@ def measure(name: str, batch: int, threads: int, op_type: str, rounds: int, repe
     if op_type not in {node.op_type for node in model.graph.node}:
         raise SystemExit(f"{name} has no {op_type} node; pick --op from its operators.")
     forward = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-    logits = forward.run(None, {"input": x})[0]
-    cotangent = np.zeros_like(logits)
-    cotangent[np.arange(batch), logits.argmax(1)] = 1.0
+    cotangent = top_class_cotangent(forward.run(None, {"input": x})[0])
     runs = [lambda: forward.run(None, {"input": x})]
     for graph in gradient_graphs(model, x.shape, op_type).values():
         session = ort.InferenceSession(graph.model.SerializeToString(), session_options(threads),
