@@ -153,7 +153,8 @@ def run_check(args: argparse.Namespace) -> int:
     if computes_in is not None and computes_in != np.float64:
         print(f"Note: {args.model} computes in {computes_in}, so --float64 cannot make the check float64 (export "
               "or save the model in float64 for that); checking at its own precision.")
-    report = core.check_gradients(model.backend, x, seed=args.seed)
+    options = {"seed": args.seed, "n_directions": args.directions, "nudge": "auto" if args.nudge is None else args.nudge}
+    report = core.check_gradients(model.backend, x, **options)
     print(report)
     if report.inconclusive:
         # images with flat backgrounds put ReLUs at 0 and tie max-pool windows: judge at a generic point,
@@ -161,6 +162,6 @@ def run_check(args: argparse.Namespace) -> int:
         generic = np.random.default_rng(args.seed).random(x.shape).astype(x.dtype)
         print("The input lies on kinks of the model; checking again at a uniform random input in [0, 1) of the "
               "same shape:")
-        report = core.check_gradients(model.backend, generic, seed=args.seed)
+        report = core.check_gradients(model.backend, generic, **options)
         print(report)
     return 0 if report.passed else 1

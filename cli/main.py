@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="compare the model's gradients with finite differences")
     _add_model_arguments(check, inputs_required=False)
     check.add_argument("--float64", action="store_true", help="check in float64 (where the model allows)")
+    check.add_argument("--directions", type=int, default=16,
+                       help="directions checked (default 16: about 100 forward passes); more is more thorough")
+    check.add_argument("--nudge", type=float, default=None,
+                       help="check at the input plus Gaussian noise of this share of its range (default: 1e-3 "
+                            "for images, whose flat regions put the model on kinks; 0: at the input itself)")
 
     evaluate = sub.add_parser("evaluate", help="compare methods: deletion/insertion AUC and time per method")
     _add_model_arguments(evaluate, inputs_required=True)

@@ -27,11 +27,12 @@ from .errors import (
     UnsupportedModelError,
     UnsupportedOperatorError,
 )
-from .gradcheck import GradientCheckReport, check_gradients
+from .gradcheck import FamilyResult, GradientCheckReport, check_gradients
 from .postprocess import FeatureScore, rank_features, to_saliency_map
 from .protocol import (
     GradientBackend,
     ReluRule,
+    SupportsFloat64,
     SupportsJVP,
     SupportsLayers,
     SupportsRandomization,
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError",
     "BackendPlugin",
+    "FamilyResult",
     "FeatureScore",
     "GradientBackend",
     "GradientCheckReport",
@@ -56,6 +58,7 @@ __all__ = [
     "ModelError",
     "ProbabilityOutputWarning",
     "ReluRule",
+    "SupportsFloat64",
     "SupportsJVP",
     "SupportsLayers",
     "SupportsRandomization",

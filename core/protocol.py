@@ -67,3 +67,15 @@ class SupportsRandomization(Protocol):
     """A copy of the backend with the named layers' parameters re-initialised (Adebayo et al. 2018)."""
 
     def randomized(self, layers: list[str], seed: int) -> GradientBackend: ...
+
+
+@runtime_checkable
+class SupportsFloat64(Protocol):
+    """A float64 copy of the model, for checks as strict as ``torch.autograd.gradcheck``.
+
+    ``float64()`` returns a backend computing the same function in float64, or None where the model cannot
+    (an operator without a double kernel). The original backend is not changed.
+    """
+
+    def float64(self) -> GradientBackend | None: ...
+

@@ -79,9 +79,16 @@ def test_check_fails_with_exit_1_on_a_broken_gradient(monkeypatch: pytest.Monkey
     assert len(calls) >= 3  # the digits CNN has three ReLUs, all differentiated by the broken rule
 
 
+def test_an_image_on_kinks_is_checked_at_a_nudged_input() -> None:
+    result = run_cli("check", str(ONNX_MODEL), str(zoo.data_path("digit_3.png")))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("Gradient check PASSED") and "plus Gaussian noise" in result.stdout
+    assert "would have failed" in result.stdout and "forward rows" in result.stdout
+
+
 def test_an_image_on_kinks_is_inconclusive_then_checked_at_a_generic_input() -> None:
     # the digit's flat black background ties max-pool windows: finite differences cannot judge there
-    result = run_cli("check", str(ONNX_MODEL), str(zoo.data_path("digit_3.png")))
+    result = run_cli("check", str(ONNX_MODEL), str(zoo.data_path("digit_3.png")), "--nudge", "0")
     assert result.returncode == 0, result.stdout + result.stderr
     first, rest = result.stdout.split("The input lies on kinks of the model", 1)
     assert first.startswith("Gradient check INCONCLUSIVE") and "set aside" in first
