@@ -409,6 +409,21 @@ class TorchBackend:
                                               "code (it does not call Python)")
         return ReluRuleBackend(self, rule)
 
+    def float64(self) -> TorchBackend | None:
+        """A backend on a float64 deep copy of the model, without autocast or the fast path, for gradient
+        checks as strict as ``torch.autograd.gradcheck``; the user's model is not changed. None for a plain
+        callable (its tensors' dtypes are its own) and for TorchScript (a deep copy cannot be converted).
+        """
+        module = self._module
+        if module is None or self._rules.is_script(module, self._torch):
+            return None
+        if any(t.is_floating_point() and t.dtype not in (self._torch.float16, self._torch.bfloat16,
+                                                            self._torch.float32, self._torch.float64)
+               for t in (*module.parameters(), *module.buffers())):
+            return None
+        return TorchBackend(copy.deepcopy(module).double(), device=self._device, output=self._output,
+                            batch_size=self._batch_size, memory_budget=self._memory_budget)
+
     def randomized(self, layers: Sequence[str], seed: int) -> TorchBackend:
         """A backend on a deep copy of the model whose named layers are re-initialised; the original stays.
 

@@ -57,7 +57,7 @@ import numpy as np
 from ._validate import as_float_batch, backend_array, call_backend, check_choice, check_positive_int, unpack_pair
 from .attribution import backend_vjp
 from .batching import resolve_batch_size, stacked_chunks
-from .errors import InputError, InputTypeError
+from .errors import GradsalError, InputError, InputTypeError
 from .protocol import GradientBackend, SupportsFloat64, SupportsJVP
 from .registry import as_backend
 from .targets import check_outputs, cotangent_from_target, predicted_cotangent
@@ -242,7 +242,7 @@ def check_gradients(
     x = as_float_batch(x)
     note = ""
     if precision == "auto" and x.dtype != np.float64 and isinstance(backend, SupportsFloat64):
-        double = backend.float64()
+        double = _working_float64(backend, x)
         if double is not None:
             backend, x = double, x.astype(np.float64)
             note = "checked on the backend's float64 version of the model (precision='model' checks its own)"
@@ -278,6 +278,21 @@ def check_gradients(
     else:
         families = _direction_families(context, grads, n_directions, seed, h)
     return context.judge(families, grads, mode, isinstance(backend, SupportsJVP), h)
+
+
+def _working_float64(backend: SupportsFloat64, x: np.ndarray) -> GradientBackend | None:
+    """The backend's float64 version when it offers one that computes a gradient in float64 (a kernel missing
+    in float64 may show only when its gradient is built, at the first ``vjp``), else None."""
+    double = backend.float64()
+    if double is None:
+        return None
+    probe = x[:1].astype(np.float64)
+    try:
+        outputs = np.asarray(call_backend(double, "forward", probe))
+        grads = backend_vjp(double, probe, np.ones_like(outputs))
+    except GradsalError:
+        return None
+    return double if outputs.dtype == np.float64 and np.asarray(grads).dtype == np.float64 else None
 
 
 def _nudged(x: np.ndarray, nudge: float | str, mode: str, seed: int | None) -> tuple[np.ndarray, float]:

@@ -20,7 +20,7 @@ from ._validate import as_float_batch, check_axis
 from .attribution import backend_vjp
 from .errors import InputError
 from .gradcheck import GradientCheckReport, check_gradients
-from .protocol import GradientBackend
+from .protocol import GradientBackend, SupportsFloat64
 from .registry import as_backend
 
 Corruption = Callable[[np.ndarray, np.ndarray, np.ndarray, Any], np.ndarray]
@@ -88,7 +88,8 @@ def gradient_check_power(model: Any, x: np.ndarray, target: Any = None, *, chann
 
     ``channel_axis`` and ``width_axis`` index ``x`` (batch axis included): NCHW images take the defaults
     (1, -1), NHWC images ``channel_axis=-1, width_axis=-2``. ``corruptions`` picks names from
-    :data:`CORRUPTIONS` (default: all). Other keywords go to :func:`check_gradients`. The corrupted
+    :data:`CORRUPTIONS` (default: all). Other keywords go to :func:`check_gradients`; every check runs at
+    one precision (float64 where the backend offers it, unless ``precision="model"``). The corrupted
     backends have no ``jvp``, so that the finite differences alone judge them; the correct one is checked
     as it is.
     """
@@ -100,8 +101,13 @@ def gradient_check_power(model: Any, x: np.ndarray, target: Any = None, *, chann
     unknown = sorted(set(names) - set(CORRUPTIONS))
     if unknown:
         raise InputError(f"Unknown corruptions {unknown}: choose from {sorted(CORRUPTIONS)}.")
-    reports = {"correct": check_gradients(backend, x, target, **check_options)}
+    if check_options.pop("precision", "auto") == "auto" and isinstance(backend, SupportsFloat64):
+        double = backend.float64()  # every check at the same precision, the corrupted ones included
+        if double is not None:
+            backend, x = double, x.astype(np.float64)
+    layout = _Layout(backend, layout.channel_axis, layout.width_axis)
+    reports = {"correct": check_gradients(backend, x, target, precision="model", **check_options)}
     for name in names:
-        reports[name] = check_gradients(_Corrupted(layout, CORRUPTIONS[name]), x, target,
-                                        **{**check_options, "precision": "model"})
+        reports[name] = check_gradients(_Corrupted(layout, CORRUPTIONS[name]), x, target, precision="model",
+                                        **check_options)
     return reports

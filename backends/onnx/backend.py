@@ -54,6 +54,7 @@ from ...core.errors import (
     UnsupportedOperatorError,
 )
 from . import _model_io as io
+from ._float64 import float64_copy
 
 RELU_RULES = ("standard", "guided", "deconvnet")
 FALLBACKS = (None, "finite_differences")
@@ -332,6 +333,23 @@ class OnnxBackend:
         twin = object.__new__(OnnxBackend)
         twin._setup(proto, f"{self._shared.label} (randomised {', '.join(names)})", self._shared.settings,
                     self._input_name, self._output_name, False, None)
+        twin._relu_rule = self._relu_rule
+        return twin
+
+    def float64(self) -> OnnxBackend | None:
+        """A backend on a float64 copy of the model (see ``_float64``), for gradient checks as strict as
+        ``torch.autograd.gradcheck``; None where onnxruntime lacks a double kernel for one of its operators
+        or its gradient graph's (``Conv`` on the CPU, for one). This backend and its model are unchanged."""
+        if self._input_dtype == np.float64:
+            return self
+        if self._input_dtype != np.float32:
+            return None
+        twin = object.__new__(OnnxBackend)
+        try:
+            twin._setup(float64_copy(self._shared.proto), f"{self._shared.label} (float64)", self._shared.settings,
+                        self._input_name, self._output_name, False, None)
+        except GradsalError:
+            return None
         twin._relu_rule = self._relu_rule
         return twin
 
