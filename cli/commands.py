@@ -153,7 +153,8 @@ def run_check(args: argparse.Namespace) -> int:
     if computes_in is not None and computes_in != np.float64:
         print(f"Note: {args.model} computes in {computes_in}, so --float64 cannot make the check float64 (export "
               "or save the model in float64 for that); checking at its own precision.")
-    options = {"seed": args.seed, "n_directions": args.directions, "nudge": "auto" if args.nudge is None else args.nudge}
+    nudge = "auto" if args.nudge is None else args.nudge
+    options = {"seed": args.seed, "n_directions": args.directions, "nudge": nudge}
     report = core.check_gradients(model.backend, x, **options)
     print(report)
     if report.inconclusive:
