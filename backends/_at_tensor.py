@@ -11,8 +11,9 @@ array). :func:`gradsal.core.token_scores` then gives one score per token. This i
 ``LayerIntegratedGradients`` at the embedding layer, generalised to every method and backend.
 
 The backend is bound to the inputs' ``N`` samples: it takes batches of ``N`` rows (sample ``i`` with
-the other inputs of sample ``i``) or, when ``N == 1``, any number of rows (the path points and noisy
-copies of integrated gradients and SmoothGrad). :meth:`TensorBackend.sample` binds one sample of many.
+the other inputs of sample ``i``), rows that are some of the samples' own values (a chunk of them), or,
+when ``N == 1``, any number of rows (the path points and noisy copies of integrated gradients and
+SmoothGrad). :meth:`TensorBackend.sample` binds one sample of many.
 """
 
 from __future__ import annotations
@@ -144,22 +145,38 @@ class TensorBackend:
                 f"x has shape {shape}, but the tensor {self._name!r} has shape {self._value.shape}: pass rows shaped "
                 f"like it, (rows, {', '.join(str(d) for d in self._value.shape[1:])}), e.g. .value or a baseline.")
         rows, bound = int(shape[0]), len(self._value)
-        if rows != bound and bound != 1:
-            raise InputError(
-                f"this backend holds the other inputs of {bound} samples, so it takes {bound} rows (sample i with "
-                f"the inputs of sample i), not {rows}. For integrated gradients, SmoothGrad and the like, explain "
-                "one sample at a time: backend.sample(i) takes any number of rows.")
-        if rows not in self._cache:
-            fixed = {key: (np.repeat(array, rows, axis=0) if bound == 1 else array)
-                     for key, array in self._inputs.items()}
-            inner = self._make_backend(fixed)
+        if bound == 1:
+            key, chosen = rows, np.zeros(rows, dtype=np.intp)
+        elif rows == bound:
+            key, chosen = rows, np.arange(rows)
+        else:
+            chosen = self._samples_of(np.asarray(x))
+            key = tuple(int(i) for i in chosen)
+        if key not in self._cache:
+            inner = self._make_backend({k: array[chosen] for k, array in self._inputs.items()})
             if self._relu_rule != "standard":
                 inner = inner.with_relu_rule(self._relu_rule)
-            self._cache[rows] = inner
+            self._cache[key] = inner
             while len(self._cache) > CACHED_BACKENDS:
                 self._cache.popitem(last=False)
-        self._cache.move_to_end(rows)
-        return self._cache[rows]
+        self._cache.move_to_end(key)
+        return self._cache[key]
+
+    def _samples_of(self, x: np.ndarray) -> np.ndarray:
+        """Which bound sample each row is, for rows that are bound values themselves (a method's probe of
+        one sample, a chunk of the batch); any other rows are ambiguous."""
+        flat = self._value.reshape(len(self._value), -1)
+        bound = len(flat)
+        chosen = []
+        for row in x.reshape(len(x), -1):
+            same = np.nonzero((flat == row).all(axis=1))[0]
+            if not len(same):
+                raise InputError(
+                    f"this backend holds the other inputs of {bound} samples, so it takes {bound} "
+                    f"rows (sample i with the inputs of sample i), not {len(x)}. For integrated gradients, SmoothGrad "
+                    "and the like, explain one sample at a time: backend.sample(i) takes any number of rows.")
+            chosen.append(same[0])
+        return np.array(chosen, dtype=np.intp)
 
 
 def _integer_array(value: Any, what: str) -> np.ndarray:
