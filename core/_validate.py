@@ -42,8 +42,8 @@ def check_float_dtype(array: np.ndarray, name: str = "x") -> None:
     if array.dtype.kind not in FLOAT_KINDS:
         if array.dtype.kind in "ui":  # pixel values, or integers the model takes as they are (ids, bytes)
             raise InputTypeError(
-                f"{name} has dtype {array.dtype}, but gradients need floating-point input. Integer pixel values: "
-                f"scale them to the range the model was trained on and pass a float array. Token ids, bytes or "
+                f"{name} has dtype {array.dtype}, but gradients need floating-point input. Pixel values: pass "
+                f"{name}.astype(np.float32) scaled as the model was trained (e.g. / 255). Token ids, bytes or "
                 "category codes (a model that takes integers) have no gradient: differentiate at their embedding "
                 "with gradsal.backends.at_tensor(model, inputs), then pass its .value (README: 'Models that take "
                 "integers')."
