@@ -40,8 +40,9 @@ def at_module(model: Any, inputs: Any, module: Any = None, *, where: str = "outp
     def embed(values: dict[Any, np.ndarray]) -> np.ndarray:
         return _capture(torch, model, target, where, values, device, label)
 
-    def make_backend(fixed: dict[Any, np.ndarray]) -> TorchBackend:
-        return TorchBackend(replaced_module(model, target, where, fixed), output=output, device=device)
+    def make_backend(fixed: dict[Any, np.ndarray]) -> _LayerNamesOfTheModel:
+        inner = TorchBackend(replaced_module(model, target, where, fixed), output=output, device=device)
+        return _LayerNamesOfTheModel(inner, name if where == "output" else None)
 
     return TensorBackend(name=f"{name} {where}", inputs=arrays, id_input=id_key, value=embed(arrays),
                          make_backend=make_backend, embed=embed, label=label)
@@ -162,3 +163,29 @@ def replaced_module(model: Any, target: Any, where: str, fixed: dict[Any, np.nda
 def _twice() -> Any:
     raise ModelError("the module differentiated at runs more than once per forward pass, so replacing it is "
                      "ambiguous: pick a module that runs once (e.g. the word-embedding lookup).")
+
+
+class _LayerNamesOfTheModel:
+    """The TorchBackend of the wrapper, with layers named as in the user's model (the wrapper holds it as
+    ``model``); the replaced module's own output is the input, whose gradient is the plain VJP."""
+
+    def __init__(self, inner: TorchBackend, replaced: str | None) -> None:
+        self._inner, self._replaced = inner, replaced
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self._inner.forward(x)
+
+    def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._inner.vjp(x, cotangent)
+
+    def jvp(self, x: np.ndarray, tangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._inner.jvp(x, tangent)
+
+    def layer_vjp(self, x: np.ndarray, layer: str, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if layer == self._replaced:
+            _, grad = self._inner.vjp(x, cotangent)
+            return np.array(x, copy=True), grad
+        return self._inner.layer_vjp(x, f"model.{layer}", cotangent)
+
+    def with_relu_rule(self, rule: str) -> _LayerNamesOfTheModel:
+        return _LayerNamesOfTheModel(self._inner.with_relu_rule(rule), self._replaced)

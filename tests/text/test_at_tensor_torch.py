@@ -125,3 +125,25 @@ def test_module_input_and_errors(net64) -> None:
         at.forward(np.ones((1, 3)))
     with pytest.raises(gs.UnsupportedModelError, match=r"torch\.nn\.Module"):
         at_tensor(object(), ids)
+
+
+def test_layers_jvp_and_grad_cam_agree_with_the_onnx_export() -> None:
+    pytest.importorskip("onnxruntime")
+    net = load_text_classifier("torch")
+    ids = sample_ids(1)
+    at_torch, at_onnx = at_tensor(net, ids), at_tensor(load_text_classifier("onnx"), {"input_ids": ids})
+    x = at_torch.value
+    v = np.array([[0.3, -1.0]])
+    conv_torch = at_torch.layer_vjp(x, "conv", v)
+    conv_onnx = at_onnx.layer_vjp(x, "/conv/Conv_output_0", v)
+    for ours, theirs in zip(conv_torch, conv_onnx, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    u = np.random.default_rng(2).standard_normal(x.shape).astype(np.float32)
+    for at in (at_torch, at_onnx):  # <J u, v> = <u, J^T v>
+        _, jv = at.jvp(x, u)
+        _, grad = at.vjp(x, v)
+        assert abs(float((jv * v).sum()) - float((grad * u).sum())) < 1e-4
+    maps = [gs.grad_cam(at, x, target=1, layer=layer, channel_axis=2)
+            for at, layer in ((at_torch, "embedding"), (at_onnx, at_onnx.name))]
+    np.testing.assert_allclose(maps[0], maps[1], rtol=1e-4, atol=1e-6)
+    assert maps[0].shape == (1, ids.shape[1])
