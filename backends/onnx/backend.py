@@ -13,7 +13,8 @@ Rules, in the order they apply:
 - **Input**: ``input_name`` picks one of several inputs; the others must be fixed with
   ``constant_inputs={name: array}`` (they become constants of gradsal's private copy).
 - **Output**: ``output_name`` is any graph output or intermediate tensor (default: the first graph
-  output). When that default output is a Softmax/LogSoftmax (possibly through Identity) the backend
+  output that is not declared integer or boolean, with an :class:`OutputChoiceWarning` when that skips
+  one). When that default output is a Softmax/LogSoftmax (possibly through Identity) the backend
   explains its input, the logits, and warns (:class:`LogitsWarning`); ``explain_logits=False`` or an
   explicit ``output_name`` keeps the probabilities.
 - **Dtypes**: ``x`` is checked against the declared (possibly symbolic) shape and fed in the declared
