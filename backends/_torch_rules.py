@@ -190,8 +190,10 @@ def check_input(x: Any, torch: Any) -> np.ndarray:
         x = x.detach().cpu().numpy()
     array = np.asarray(x)
     if array.dtype.kind in "biu":
-        raise InputTypeError(f"x has dtype {array.dtype}; gradients need floating-point inputs. Convert it, e.g. "
-                             "x.astype(np.float32), with the scaling/normalisation the model expects.")
+        raise InputTypeError(f"x has dtype {array.dtype}; gradients need floating-point inputs. Pixel values: "
+                             "convert them, e.g. x.astype(np.float32), with the scaling/normalisation the model "
+                             "expects. Token ids, bytes or codes that the model embeds have no gradient: "
+                             "differentiate at the embedding with gradsal.backends.at_tensor(model, inputs).")
     if array.dtype.kind != "f":
         raise InputTypeError(f"x has dtype {array.dtype}; pass a real floating-point array (float32 or float64).")
     if array.ndim == 0 or array.shape[0] == 0:

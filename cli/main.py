@@ -1,4 +1,4 @@
-"""Entry point of the ``gradsal`` command: ``demo``, ``explain``, ``check`` and ``evaluate``.
+"""Entry point of the ``gradsal`` command: ``demo``, ``explain``, ``check``, ``evaluate`` and ``explain-text``.
 
 Errors are one line on stderr with exit status 2 (bad arguments, unreadable files, wrong shapes),
 never a traceback unless ``--debug``; ``check`` exits 1 when the gradients disagree.
@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-randomization", action="store_true",
                           help="skip the model-randomisation column (it costs one run per method and weight layer)")
     evaluate.add_argument("--out", default="gradsal-eval", help="output folder for the curves plot")
+
+    from .text import add_parser as add_explain_text
+
+    add_explain_text(sub)
     return parser
 
 
@@ -95,6 +99,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .commands import run_explain
 
         return run_explain(args)
+    if args.command == "explain-text":
+        from .text import run_explain_text
+
+        return run_explain_text(args)
     if args.command == "check":
         from .commands import run_check
 

@@ -99,9 +99,11 @@ from .sanity import (
     spearman_correlation,
     ssim,
 )
+from .tokens import TOKEN_REDUCTIONS, token_scores  # models that take integers: one score per token
 
 __all__ += [
     "MethodComparison", "PerturbationCurve", "RandomizationResult", "compare_methods", "completeness",
     "deletion_curve", "input_invariance", "insertion_curve", "model_randomization_test", "plot_curves",
     "spearman_correlation", "ssim",
 ]
+__all__ += ["TOKEN_REDUCTIONS", "token_scores"]

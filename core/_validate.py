@@ -40,10 +40,16 @@ def as_float_batch(x: Any, name: str = "x") -> np.ndarray:
 def check_float_dtype(array: np.ndarray, name: str = "x") -> None:
     """Raise ``InputTypeError`` unless ``array`` holds real floats."""
     if array.dtype.kind not in FLOAT_KINDS:
-        hint = " (scale it to the range the model was trained on first)" if array.dtype.kind in "ui" else ""
+        if array.dtype.kind in "ui":  # pixel values, or integers the model takes as they are (ids, bytes)
+            raise InputTypeError(
+                f"{name} has dtype {array.dtype}, but gradients need floating-point input. Pixel values: pass "
+                f"{name}.astype(np.float32) scaled as the model was trained (e.g. / 255). Token ids, bytes or "
+                "category codes (a model that takes integers) have no gradient: differentiate at their embedding "
+                "with gradsal.backends.at_tensor(model, inputs), then pass its .value (README: 'Models that take "
+                "integers')."
+            )
         raise InputTypeError(
-            f"{name} has dtype {array.dtype}, but gradients need floating-point input: "
-            f"pass {name}.astype(np.float32){hint}."
+            f"{name} has dtype {array.dtype}, but gradients need floating-point input: pass {name}.astype(np.float32)."
         )
 
 

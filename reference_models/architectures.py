@@ -4,7 +4,7 @@
   parameters at 1000 classes) and :func:`mobilenet_v2` (Sandler et al. 2018, inverted residuals with
   depthwise convolutions and ReLU6, 3.5M parameters), for 3x224x224 inputs.
 - The shipped trained models' architectures: :class:`DigitsCNN` (1x32x32 digits) and :class:`TabularMLP`
-  (30 breast-cancer features -> 2 classes).
+  (30 breast-cancer features -> 2 classes), :class:`TextClassifier` (token ids -> sentiment).
 - Small families (< 1M parameters, 3x64x64 or the module's ``input_shape``) exercising different ONNX
   operator mixes for the ONNX backend's benchmarks: :func:`small_resnet`, :func:`small_mobilenet`,
   :func:`ocr_style` and :func:`detector_style`. Each exports with ``torch.onnx.export`` at opset 17.
@@ -25,6 +25,7 @@ from torch import nn
 __all__ = [
     "DigitsCNN",
     "TabularMLP",
+    "TextClassifier",
     "detector_style",
     "mobilenet_v2",
     "ocr_style",
@@ -434,3 +435,28 @@ def detector_style(anchors: int = 3) -> nn.Module:
     interpolation, concatenated (Concat), fused, and read by sigmoid objectness and box heads.
     """
     return DetectorStyle(anchors)
+
+
+class TextClassifier(nn.Module):
+    """Token ids ``(N, L)`` -> class logits: an embedding, a 1-D convolution over neighbouring tokens, tanh, a
+    mean over the non-padding tokens and a linear head.
+
+    The convolution (``kernel`` tokens wide) lets a token's contribution depend on its neighbours ("not
+    good" is negative); padding tokens (``pad_id``) are left out of the mean, so any length works.
+    """
+
+    def __init__(self, vocab_size: int, dim: int = 16, hidden: int = 32, num_classes: int = 2, kernel: int = 5,
+                 pad_id: int = 0) -> None:
+        super().__init__()
+        self.pad_id = pad_id
+        self.embedding = nn.Embedding(vocab_size, dim)
+        self.conv = nn.Conv1d(dim, hidden, kernel, padding=kernel // 2)
+        self.head = nn.Linear(hidden, num_classes)
+        self.input_shape = (None,)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        embedded = self.embedding(ids)
+        mask = (ids != self.pad_id).unsqueeze(-1).to(embedded.dtype)
+        features = torch.tanh(self.conv(embedded.transpose(1, 2))).transpose(1, 2)
+        pooled = (features * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return self.head(pooled)

@@ -254,7 +254,8 @@ def train_tabular(out: Path, seed: int) -> dict[str, Any]:
 
 
 def build(out: Path = DEFAULT_OUT, seed: int = SEED) -> dict[str, Any]:
-    """Train both models into ``out`` and write ``metadata.json``; returns the metadata."""
+    """Train both models into ``out`` and write ``metadata.json``, then the text classifier
+    (:mod:`.train_text`, with its own ``text_classifier.json``); returns ``metadata.json``'s content."""
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
@@ -264,6 +265,9 @@ def build(out: Path = DEFAULT_OUT, seed: int = SEED) -> dict[str, Any]:
         "models": {"digits_cnn": train_digits(out, seed), "tabular_mlp": train_tabular(out, seed)},
     }
     (out / "metadata.json").write_text(compact_json(metadata), encoding="utf-8")
+    from .train_text import build as build_text_classifier  # its own metadata file: text_classifier.json
+
+    build_text_classifier(out, seed)
     return metadata
 
 

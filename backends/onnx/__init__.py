@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...core.registry import BackendPlugin, module_type_matches
-from .backend import FiniteDifferenceWarning, LogitsWarning, OnnxBackend, is_onnx_path, load_rules
+from .backend import FiniteDifferenceWarning, LogitsWarning, OnnxBackend, OutputChoiceWarning, is_onnx_path, load_rules
 
 
 def supported_operators() -> list[str]:
@@ -39,6 +39,7 @@ __all__ = [
     "FiniteDifferenceWarning",
     "LogitsWarning",
     "OnnxBackend",
+    "OutputChoiceWarning",
     "load_rules",
     "plugin",
     "supported_operators",

@@ -285,6 +285,13 @@ def check_input_array(x: Any, name: str, shape: tuple[Dim, ...] | None, dtype: n
         ) from exc
     floating = dtype.kind == "f"
     allowed = "f" if floating else "iub"
+    if not floating and array.dtype.kind == "f":
+        raise InputTypeError(
+            f"x has dtype {array.dtype}, but {declared}: the model takes integers (token ids, bytes, category "
+            "codes), which have no gradient, and casting them to floats does not make one. Differentiate at their "
+            "embedding instead: gradsal.backends.at_tensor(model, inputs) (README: 'Models that take integers'); "
+            f"to run the model, pass the integer values themselves (x.astype(np.{dtype.name}))."
+        )
     if array.dtype.kind not in allowed and not (floating and array.dtype.kind in "iu"):
         kind = "floating-point" if floating else "integer"
         raise InputTypeError(

@@ -13,7 +13,8 @@ Rules, in the order they apply:
 - **Input**: ``input_name`` picks one of several inputs; the others must be fixed with
   ``constant_inputs={name: array}`` (they become constants of gradsal's private copy).
 - **Output**: ``output_name`` is any graph output or intermediate tensor (default: the first graph
-  output). When that default output is a Softmax/LogSoftmax (possibly through Identity) the backend
+  output that is not declared integer or boolean, with an :class:`OutputChoiceWarning` when that skips
+  one). When that default output is a Softmax/LogSoftmax (possibly through Identity) the backend
   explains its input, the logits, and warns (:class:`LogitsWarning`); ``explain_logits=False`` or an
   explicit ``output_name`` keeps the probabilities.
 - **Dtypes**: ``x`` is checked against the declared (possibly symbolic) shape and fed in the declared
@@ -73,6 +74,10 @@ _PROVIDER_ALIASES = {
 
 class LogitsWarning(UserWarning):
     """The model ends in Softmax/LogSoftmax and gradsal explains the logits instead of the probabilities."""
+
+
+class OutputChoiceWarning(UserWarning):
+    """The model's first output is not a float tensor; gradsal explains its first float output instead."""
 
 
 class FiniteDifferenceWarning(UserWarning):
@@ -452,7 +457,9 @@ class OnnxBackend:
         if self._input_dtype.kind != "f" and wrt is None:
             raise ModelError(
                 f"the model's input {self._input_name!r} is {self._input_dtype}: there is no gradient with respect "
-                "to integers. Use layer_vjp(x, layer, cotangent) on a float tensor computed from it (an embedding)."
+                "to integers. Differentiate at a float tensor computed from it (its embedding): "
+                "gradsal.backends.at_tensor(model, inputs) runs every method there (README: 'Models that take "
+                "integers'); layer_vjp(x, layer, cotangent) gives the gradient at one such tensor."
             )
         shape = tuple(x.shape)
         try:
@@ -631,7 +638,7 @@ def _choose_output(graph: Any, output_name: str | None, explain_logits: bool, la
         return output_name
     if not graph.output:
         raise ModelError(f"{label} has no graph outputs; pass output_name= to explain an intermediate tensor.")
-    first = graph.output[0].name
+    first = _first_float_output(graph, label)
     if not explain_logits:
         return first
     made_by = io.producers(graph)
@@ -647,6 +654,22 @@ def _choose_output(graph: Any, output_name: str | None, explain_logits: bool, la
         f"output_name={first!r} or explain_logits=False to explain the probabilities.",
         LogitsWarning, stacklevel=4)
     return logits
+
+
+def _first_float_output(graph: Any, label: str) -> str:
+    """The first graph output that is not declared integer or boolean, said in one warning when it is not the
+    first output (an integer output, such as a copy of the token ids, has no gradient to explain)."""
+    declared = [(vi.name, io.declared_dtype(vi)) for vi in graph.output]
+    chosen = next((name for name, dtype in declared if dtype is None or dtype.kind in "fc"), None)
+    if chosen is None:
+        listed = ", ".join(f"{name!r} {dtype}" for name, dtype in declared)
+        raise ModelError(f"{label} has only integer or boolean outputs ({listed}), which have no gradient: pass "
+                         "output_name= to explain a float tensor inside the model.")
+    if chosen != declared[0][0]:
+        skipped = ", ".join(f"{name!r} ({dtype})" for name, dtype in declared[:[n for n, _ in declared].index(chosen)])
+        warnings.warn(f"{label}: explaining its first float output {chosen!r}, not {skipped} (integer outputs have "
+                      "no gradient); pass output_name= to choose another.", OutputChoiceWarning, stacklevel=5)
+    return chosen
 
 
 def _message(exc: BaseException) -> str:

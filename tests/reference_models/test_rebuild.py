@@ -42,7 +42,7 @@ def test_metadata_is_identical(rebuilt):
     assert json.loads((rebuilt / "metadata.json").read_text()) == rm.metadata()
 
 
-@pytest.mark.parametrize("name", ["digits_cnn.pt", "tabular_mlp.pt"])
+@pytest.mark.parametrize("name", ["digits_cnn.pt", "tabular_mlp.pt", "text_classifier.pt"])
 def test_state_dicts_agree_to_1e_6(rebuilt, name):
     fresh = torch.load(rebuilt / name, weights_only=True)
     shipped = torch.load(SHIPPED / name, weights_only=True)
@@ -51,7 +51,7 @@ def test_state_dicts_agree_to_1e_6(rebuilt, name):
         torch.testing.assert_close(fresh[key], shipped[key], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["digits_cnn.onnx", "tabular_mlp.onnx"])
+@pytest.mark.parametrize("name", ["digits_cnn.onnx", "tabular_mlp.onnx", "text_classifier.onnx"])
 def test_onnx_graphs_agree(rebuilt, name):
     from onnx import numpy_helper
 
@@ -89,3 +89,8 @@ def test_split_is_disjoint_and_covers_everything():
     train_rows, test_rows = train.split_indices(101, seed=0)
     assert len(test_rows) == 20 and len(np.intersect1d(train_rows, test_rows)) == 0
     np.testing.assert_array_equal(np.union1d(train_rows, test_rows), np.arange(101))
+
+
+def test_text_classifier_metadata_and_tokenizer_are_identical(rebuilt):
+    for name in ("text_classifier.json", "text_tokenizer.json"):
+        assert json.loads((rebuilt / name).read_text()) == json.loads((SHIPPED / name).read_text())
