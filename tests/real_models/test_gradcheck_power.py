@@ -77,3 +77,32 @@ def test_power_table_on_the_shipped_digits_cnn(image: int) -> None:
     reports = gradient_check_power(backend(zoo.load_digits_cnn("onnx")), digits.images[image:image + 1],
                                    corruptions=[c for c in CORRUPTIONS if c != "one channel zeroed"])
     assert_power(reports)  # one grey channel: zeroing it is the all-zeros corruption
+
+
+def magika_at_its_one_hot() -> tuple[object, np.ndarray]:
+    """magika (a byte-level file-type classifier) as a function of its float one-hot bytes, at a script."""
+    from gradsal.backends import at_tensor
+
+    data = b"#!/usr/bin/env python3\nimport sys\n\ndef main():\n    print('hello', sys.argv)\n" * 4
+    row = np.full((1, 2048), 256, dtype=np.int32)  # the first and last 1024 bytes, padded with token 256
+    row[0, :len(data[:1024])] = np.frombuffer(data[:1024], np.uint8)
+    row[0, 2048 - len(data[-1024:]):] = np.frombuffer(data[-1024:], np.uint8)
+    logits = "jax2tf_get_logits_/pjit_get_logits_/MagikaV2/Dense_1/AddV2:0"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = at_tensor(str(real_model("magika.onnx")), row, output_name=logits)
+    return model, model.value
+
+
+def test_the_byte_classifiers_correct_gradient_passes_and_a_zero_one_fails() -> None:
+    model, x = magika_at_its_one_hot()
+    reports = gradient_check_power(model, x, channel_axis=-1, width_axis=1, corruptions=["all zeros"])
+    assert_power(reports)
+
+
+@pytest.mark.full
+def test_power_table_on_the_byte_classifier() -> None:
+    model, x = magika_at_its_one_hot()
+    reports = gradient_check_power(model, x, channel_axis=-1, width_axis=1,
+                                   corruptions=[c for c in CORRUPTIONS if c != "one channel zeroed"])
+    assert_power(reports)  # one-hot bytes have no channels; "shifted one pixel" shifts by one byte
