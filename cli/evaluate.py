@@ -24,8 +24,8 @@ import numpy as np
 from .. import core
 from ..core._validate import call_backend
 from ..core.errors import GradsalError, InputError
-from .commands import _preprocess, resolve_targets
-from .inputs import LoadedModel, expand_inputs, load_model
+from .commands import _preprocess, open_model, resolve_targets
+from .inputs import LoadedModel, expand_inputs
 
 # command-line name -> gradsal.core method name
 METHODS = {
@@ -46,7 +46,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Compare the chosen methods on the inputs; print the table, write the plot and the JSON."""
     methods = _chosen_methods(args.methods)
     paths = expand_inputs(args.inputs)  # before loading the model: a typo in a path fails fast
-    model = load_model(args.model, output_name=args.output_name)
+    model = open_model(args)
     samples = _preprocess(args, model, paths)
     x = np.stack([s.array for s in samples])
     out = Path(args.out)
