@@ -157,7 +157,7 @@ def check_outputs(outputs: Any, n_inputs: int, model: LoadedModel) -> np.ndarray
 def _check_static_batch(args: argparse.Namespace, model: LoadedModel, n_inputs: int) -> None:
     """A model saved with a fixed batch size takes that many rows per call: say how to get there."""
     fixed = model.static_batch
-    if fixed is None or (args.batch_size is not None and args.batch_size <= fixed):
+    if fixed is None or args.batch_size == fixed:
         return
     rows = n_inputs if args.method in ("vanilla", "gradxinput", "guided", "gradcam") else fixed + 1
     if rows > fixed:

@@ -24,7 +24,7 @@ import numpy as np
 from .. import core
 from ..core._validate import call_backend
 from ..core.errors import GradsalError, InputError
-from .commands import _preprocess, open_model, resolve_targets
+from .commands import _preprocess, check_outputs, open_model, resolve_targets
 from .inputs import LoadedModel, expand_inputs
 
 # command-line name -> gradsal.core method name
@@ -54,7 +54,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder {str(out)!r}: {exc}") from exc
-    targets = resolve_targets("top1", model.backend.forward(x), None)
+    targets = resolve_targets("top1", check_outputs(model.backend.forward(x), len(x), model), None)
     if not 0.0 < args.step <= 1.0:
         raise InputError(f"--step must be a share of the pixels in (0, 1], got {args.step}")
     if args.no_randomization:

@@ -176,8 +176,15 @@ def run_inspect(args: argparse.Namespace) -> int:
         remarks.append(NORMALISATION_HINT)
     for remark in remarks:
         print(f"  note: {remark}")
+    x = None
+    if args.inputs:  # the grid sizes of a model with a dynamic input size, at this input's size
+        from .commands import _preprocess
+        from .inputs import expand_inputs
+
+        args.quiet = True  # inspect prints its own notes
+        x = _preprocess(args, model, expand_inputs(args.inputs)[:1])[0].array[None]
     try:
-        candidates = gradcam_candidates(model)
+        candidates = gradcam_candidates(model, x)
     except InputError as exc:
         print(f"Grad-CAM layers: {exc}")
         return 0

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(check, inputs_required=False)
     check.add_argument("--float64", action="store_true", help="check in float64 (where the model allows)")
 
-    inspect = sub.add_parser("inspect", help="list a model's inputs, outputs, preprocessing and Grad-CAM layers")
+    inspect = sub.add_parser("inspect", help="list a model's inputs, outputs, preprocessing and Grad-CAM layers "
+                                             "(their grid sizes at the first INPUT's size, if one is given)")
     _add_model_arguments(inspect, inputs_required=False)
 
     evaluate = sub.add_parser("evaluate", help="compare methods: deletion/insertion AUC and time per method")
