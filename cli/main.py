@@ -32,7 +32,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, inputs_required: bo
                                       "state_dict (.pth) with --model-class")
     parser.add_argument("inputs", nargs="+" if inputs_required else "*", metavar="INPUT",
                         help="image files (any format pillow reads), folders of them (a folder without images: its "
-                             ".npy files), or .npy arrays (C,H,W)")
+                             ".npy files), or .npy arrays (C,H,W), (H,W,C) for a channels-last model")
     parser.add_argument("--output-name", help="ONNX: the output or intermediate tensor to explain")
     _add_tensor_and_preprocessing_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="random seed (noise, random check inputs)")

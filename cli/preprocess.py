@@ -91,8 +91,9 @@ class Preprocessing:
         channels = array.shape[2]
         for name, values in (("mean", self.mean), ("std", self.std)):
             if values is not None and len(values) not in (1, channels):
-                raise InputError(f"{name} has {len(values)} values but the images have {channels} channels "
-                                 f"(pass --{name} with 1 or {channels} values)")
+                counts = "1 value" if channels == 1 else f"1 or {channels} values"
+                raise InputError(f"{name} has {len(values)} values but the model takes {channels} channel(s) "
+                                 f"(pass --{name} with {counts})")
         if self.mean is not None:
             array = array - np.asarray(self.mean)
         if self.std is not None:
@@ -274,14 +275,15 @@ def _resize(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- detection
-def detect(shape: tuple[Any, ...] | None) -> tuple[Preprocessing, str | None]:
+def detect(shape: tuple[Any, ...] | None, layout: str | None = None) -> tuple[Preprocessing, str | None]:
     """Layout, channels and size read from a model input's declared shape, and a note when the layout
-    is not the default NCHW (the user should know the images are fed channels-last)."""
+    is not the default NCHW (the user should know the images are fed channels-last). ``layout``: read
+    channels and size for this layout instead of guessing it."""
     if shape is None or len(shape) != 4:
         return Preprocessing(), None
     dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
     first, last = dims[1], dims[3]
-    channels_last = last in (1, 3) and first not in (1, 3)
+    channels_last = last in (1, 3) and first not in (1, 3) if layout is None else layout == "NHWC"
     if channels_last:
         channels, height, width = last, dims[1], dims[2]
     else:
@@ -318,16 +320,20 @@ def choose(shape: tuple[Any, ...] | None, model_path: Path, *, json_path: Path |
     named ``preset``, then the ``overrides`` that are not None (the individual flags).
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    prep, layout_note = detect(shape)
-    notes = []
+    detected, layout_note = detect(shape)
     beside = sidecar_path(model_path)
     source = json_path if json_path is not None else beside if beside.is_file() else None
-    if source is not None:
-        prep = load_json(prep, source)
-        notes.append(f"preprocessing from {source}")
-    if preset is not None:
-        prep = apply_preset(prep, preset)
+    prep = _from_file_and_preset(detected, source, preset)
+    layout = overrides.get("layout", prep.layout)
+    if layout != detected.layout:  # the JSON file or a flag chose the other layout: read the shape by it
+        prep = _from_file_and_preset(detect(shape, layout)[0], source, preset)
     prep = replace(prep, **overrides)
+    notes = [] if source is None else [f"preprocessing from {source}"]
     if layout_note and prep.layout == "NHWC" and "layout" not in overrides:
         notes.insert(0, layout_note)
     return prep, notes
+
+
+def _from_file_and_preset(base: Preprocessing, source: Path | None, preset: str | None) -> Preprocessing:
+    prep = load_json(base, source) if source is not None else base
+    return apply_preset(prep, preset) if preset is not None else prep

@@ -142,3 +142,16 @@ def test_the_inverse_lands_on_the_original_pixels(original, canvas, mode) -> Non
     assert np.all(np.isnan(back[0][gone]))  # what a crop cut away maps to `outside`
     if mode in ("stretch", "letterbox", "keep-height"):
         assert not np.any(np.isnan(back[0]))  # nothing is cut away
+
+
+def test_a_layout_flag_reads_the_declared_shape_by_that_layout(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    prep, notes = preprocess.choose((1, 3, 32, 3), model, overrides={"layout": "NHWC"})  # ambiguous: say it
+    assert (prep.layout, prep.channels, prep.size, notes) == ("NHWC", 3, (3, 32), [])
+    prep, _ = preprocess.choose((1, 224, 224, 3), model, overrides={"layout": "NCHW"})
+    assert (prep.channels, prep.size) == (224, (224, 3))
+
+
+def test_mean_of_the_wrong_length_names_the_flag() -> None:
+    with pytest.raises(InputError, match="pass --mean with 1 value"):
+        Preprocessing(mean=(0.5, 0.5, 0.5), channels=1).to_model_values(np.zeros((2, 2, 1), np.float32))
