@@ -29,6 +29,10 @@ _KEYWORDS_TO_FLAGS = (
     (re.compile(r"constant_inputs=\{name: array\}"), "--constant-input NAME=FILE.npy"),
     (re.compile(r"\bconstant_inputs\b"), "--constant-input"),
     (re.compile(r"\bbatch_size=(\d+)"), r"--batch-size \1"),
+    (re.compile(r"explain the logits instead \(drop the final softmax\)"),
+     "explain the logits instead (--output-name NAME, the tensor before the softmax)"),
+    (re.compile(r"check the target and the model \(a dead ReLU, a saturated softmax\) or the method"),
+     "check --target and the model (a dead ReLU, a saturated softmax) or try another --method"),
 )
 
 

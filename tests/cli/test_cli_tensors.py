@@ -271,3 +271,15 @@ def test_decompression_bomb_through_the_command_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "--max-pixels" in lines[0]
+
+
+def test_library_advice_is_rephrased_in_flags() -> None:
+    from gradsal.cli.messages import in_cli_terms
+
+    assert in_cli_terms("a\n  b. Pass output_name='p' or explain_logits=False to explain it.") == \
+        "a b. Pass --output-name 'p' to explain it."
+    assert "--output-name NAME" in in_cli_terms("Explain a tensor before it (output_name=...), or else")
+    assert "--input-name NAME to say" in in_cli_terms("Pass input_name= to say which")
+    assert in_cli_terms("fix the others with constant_inputs={name: array}.") == \
+        "fix the others with --constant-input NAME=FILE.npy."
+    assert "--output-name NAME" in in_cli_terms("explain the logits instead (drop the final softmax).")
