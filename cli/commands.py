@@ -126,11 +126,13 @@ def size_flag(values: list[str] | None) -> tuple[int | None, int | None] | None:
     return size  # type: ignore[return-value]
 
 
-def _preprocess(args: argparse.Namespace, model: LoadedModel, paths: list[Path]) -> list[Sample]:
+def _preprocess(args: argparse.Namespace, model: LoadedModel, paths: list[Path],
+                same_shape: bool = True) -> list[Sample]:
     prep = model.preprocessing
     if prep is None:  # a model loaded without open_model: its declared input only
         prep = preprocess.detect(model.input_shape)[0]
-    samples, notes = prepare_samples(paths, prep, max_pixels=getattr(args, "max_pixels", DEFAULT_MAX_PIXELS))
+    samples, notes = prepare_samples(paths, prep, max_pixels=getattr(args, "max_pixels", DEFAULT_MAX_PIXELS),
+                                     same_shape=same_shape)
     if not prep.normalised and any(s.placement is not None for s in samples):
         notes.append(preprocess.NORMALISATION_HINT)
     for remark in notes:
@@ -184,7 +186,7 @@ def run_explain(args: argparse.Namespace) -> int:
     labels = read_labels(args.labels)
     explain = attribution_function(args)  # also before loading: a missing --layer fails fast
     model = open_model(args)
-    samples = _preprocess(args, model, paths)
+    samples = _preprocess(args, model, paths, same_shape=False)  # e.g. text lines at a fixed height
     _check_static_batch(args, model, len(samples))
     _resolve_layer(args, model, samples[0].array[None])
     out = Path(args.out)
@@ -192,8 +194,7 @@ def run_explain(args: argparse.Namespace) -> int:
     chunk = max(1, args.batch_size or 16)
     summary = []
     bar = _progress(len(samples), args.quiet, f"gradsal {args.method}")
-    for start in range(0, len(samples), chunk):
-        batch = samples[start:start + chunk]
+    for start, batch in _batches(samples, chunk):
         x = np.stack([s.array for s in batch])
         outputs = check_outputs(model.backend.forward(x), len(x), model)
         targets = resolve_targets(args.target, outputs, labels)
@@ -208,6 +209,18 @@ def run_explain(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {len(summary)} explanation(s) and {out / 'summary.json'}")
     return 0
+
+
+def _batches(samples: list[Sample], size: int) -> list[tuple[int, list[Sample]]]:
+    """``(index of the first, samples)`` runs of at most ``size`` consecutive samples of one shape."""
+    runs: list[tuple[int, list[Sample]]] = []
+    for index, sample in enumerate(samples):
+        last = runs[-1][1] if runs else None
+        if last is not None and len(last) < size and last[0].array.shape == sample.array.shape:
+            last.append(sample)
+        else:
+            runs.append((index, [sample]))
+    return runs
 
 
 def _write_results(args, out, batch, outputs, targets, attributions, labels) -> list[dict[str, Any]]:

@@ -178,9 +178,10 @@ def with_channels(picture: np.ndarray, channels: int | None) -> np.ndarray:
 DISPLAY_SIDE = 768  # the longest side overlays are drawn at; larger pictures are drawn smaller
 
 
-def prepare_samples(paths: list[Path], prep: Preprocessing, *,
-                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[list[Sample], list[str]]:
+def prepare_samples(paths: list[Path], prep: Preprocessing, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                    same_shape: bool = True) -> tuple[list[Sample], list[str]]:
     """Every input preprocessed by ``prep`` and the readers' notes, one line per kind of remark.
+    ``same_shape``: refuse inputs that end up with different shapes (they cannot form one batch).
 
     Images keep their original picture (at most DISPLAY_SIDE pixels on a side) and their placement on
     the canvas, so maps are drawn on the image as the user gave it. ``.npy`` arrays are taken as the
@@ -198,7 +199,7 @@ def prepare_samples(paths: list[Path], prep: Preprocessing, *,
         display, placement = _for_display(picture, placement)
         samples.append(Sample(path.stem, prep.to_model_values(canvas), display, placement))
     shapes = {s.array.shape for s in samples}
-    if len(shapes) > 1:
+    if same_shape and len(shapes) > 1:
         raise InputError(
             f"inputs have different shapes {sorted(shapes)}; pass --size H W to resize images to one size"
         )

@@ -283,3 +283,14 @@ def test_library_advice_is_rephrased_in_flags() -> None:
     assert in_cli_terms("fix the others with constant_inputs={name: array}.") == \
         "fix the others with --constant-input NAME=FILE.npy."
     assert "--output-name NAME" in in_cli_terms("explain the logits instead (drop the final softmax).")
+
+
+def test_fixed_height_dynamic_width_explains_lines_of_different_widths(tmp_path: Path, capsys) -> None:
+    model = pooled_head(tmp_path / "lines.onnx", input_shape=["n", 3, 8, "width"])
+    write_image(tmp_path / "short.png", size=(16, 32))
+    write_image(tmp_path / "long.png", size=(4, 24), seed=1)
+    status, _, err = run(capsys, "explain", model, tmp_path / "short.png", tmp_path / "long.png", "--out",
+                         tmp_path / "a", "--format", "npy", "json")
+    assert status == 0, err
+    assert np.load(tmp_path / "a" / "short_vanilla.npy").shape == (3, 8, 16)  # height 8, aspect kept
+    assert np.load(tmp_path / "a" / "long_vanilla.npy").shape == (3, 8, 48)
