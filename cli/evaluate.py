@@ -48,6 +48,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)  # before loading the model: a typo in a path fails fast
     model = open_model(args)
     samples = _preprocess(args, model, paths)
+    if model.static_batch is not None:  # the curves run many perturbed copies of each input at once
+        raise InputError(
+            f"{model.path.name} was exported with a fixed batch of {model.static_batch} (torch.export without "
+            "dynamic_shapes), and evaluate runs many copies of the inputs together: export it with "
+            "dynamic_shapes={'x': {0: torch.export.Dim('batch')}}"
+        )
     x = np.stack([s.array for s in samples])
     out = Path(args.out)
     try:

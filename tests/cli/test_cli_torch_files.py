@@ -137,3 +137,9 @@ def test_static_batch_export_suggests_batch_size_one(project: Path, capsys) -> N
 def test_onnx_flags_on_a_torch_file(project: Path, capsys) -> None:
     status, _, err = run(capsys, "explain", "tiny.pth", "im0.png", "--input-name", "x", "--out", "out")
     assert_one_line_error(status, err, "--input-name name ONNX tensors")
+
+
+def test_evaluate_on_a_static_batch_export_says_to_export_it_dynamic(project: Path, capsys) -> None:
+    torch.export.save(torch.export.export(loaded_net(project), (torch.zeros(1, 3, 8, 8),)), project / "tiny.pt2")
+    status, _, err = run(capsys, "evaluate", "tiny.pt2", "im0.png", "--methods", "vanilla", "--out", "ev")
+    assert_one_line_error(status, err, "fixed batch of 1", "dynamic_shapes")
