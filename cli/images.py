@@ -46,16 +46,13 @@ def _pillow():
 def read_image_file(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageRead:
     """The pixels of the image file at ``path`` scaled to [0, 1] by their real range (see the module doc)."""
     Image, ImageOps = _pillow()
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # ours (max_pixels) replaces pillow's
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
-            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                img = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
         with img:
-            _check_size(path, img.width, img.height, max_pixels)
+            _check_size(path, img.width, img.height, max_pixels)  # from the header, before decoding
             notes = []
             frames = getattr(img, "n_frames", 1)
             if frames > 1:
@@ -68,6 +65,8 @@ def read_image_file(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     if note:
         notes.append(f"{path.name}: {note}")
     return ImageRead(pixels, tuple(notes))
