@@ -20,9 +20,10 @@ from typing import Any
 from ..core.errors import InputError, MissingDependencyError, ModelError
 
 SAVE_ADVICE = (
-    "save the model as TorchScript with torch.jit.trace(model, example_input).save('model.pt') (or "
-    "torch.jit.script(model) where tracing cannot follow its control flow), or as a torch.export program with "
-    "torch.export.save(torch.export.export(model, (example_input,)), 'model.pt2')"
+    "save the model as a torch.export program with torch.export.save(torch.export.export(model, "
+    "(example_input,)), 'model.pt2') (recent PyTorch deprecates TorchScript), or as TorchScript with "
+    "torch.jit.trace(model, example_input).save('model.pt') (torch.jit.script where tracing cannot follow "
+    "the model's control flow)"
 )
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net")
 

@@ -143,3 +143,16 @@ def test_evaluate_on_a_static_batch_export_says_to_export_it_dynamic(project: Pa
     torch.export.save(torch.export.export(loaded_net(project), (torch.zeros(1, 3, 8, 8),)), project / "tiny.pt2")
     status, _, err = run(capsys, "evaluate", "tiny.pt2", "im0.png", "--methods", "vanilla", "--out", "ev")
     assert_one_line_error(status, err, "fixed batch of 1", "dynamic_shapes")
+
+
+def test_inspect_a_state_dict_and_a_torchscript_file(project: Path, capsys) -> None:
+    status, out, err = run(capsys, "inspect", "tiny.pth", "--model-class", "tinynet_arch:TinyNet", "--size", "8")
+    assert status == 0, err
+    layers = out.split("Grad-CAM layers")[1]
+    assert "features: (1, 4, 8, 8)" in layers and "act: (1, 4, 8, 8)" in layers and "head" not in layers
+    torch.jit.trace(loaded_net(project), torch.zeros(1, 3, 8, 8)).save(str(project / "tiny.pt"))
+    status, out, err = run(capsys, "inspect", "tiny.pt")
+    assert status == 0 and "pass --layer NAME" in out, out + err
+    status, _, err = run(capsys, "explain", "tiny.pt", "im0.png", "--method", "gradcam", "--layer", "auto",
+                         "--out", "out")
+    assert_one_line_error(status, err, "pass --layer NAME")
