@@ -76,8 +76,8 @@ def _onnx_candidates(model: LoadedModel, x: np.ndarray, constants: dict[str, np.
     for node in graph.node:
         if not node.output or node.output[0] not in needed:
             continue
-        if node.op_type in _GRID_MAKERS or (node.op_type in _LAYOUT_KEEPING and node.input
-                                            and node.input[0] in on_grid):
+        if node.op_type in _GRID_MAKERS or (node.op_type in _LAYOUT_KEEPING
+                                            and any(name in on_grid for name in node.input)):
             on_grid.add(node.output[0])
             grids.append(node.output[0])
     if not grids:
