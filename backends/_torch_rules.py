@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +21,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..core.errors import BackendError, InputError, InputTypeError
+from ._stacklevel import user_stacklevel  # noqa: F401  (the torch backend's warnings use it from here)
 
 _RELU_NAMES = frozenset({"relu", "relu_"})
 
@@ -143,17 +142,6 @@ def parameter_device(module: Any) -> Any:
     for tensor in (*module.parameters(), *module.buffers()):
         return tensor.device
     return None
-
-
-def user_stacklevel() -> int:
-    """The ``stacklevel`` for ``warnings.warn`` called by its caller that points at the first frame outside
-    gradsal (and contextlib), so a warning names the user's line rather than gradsal's internals."""
-    package = Path(__file__).resolve().parent.parent  # the directory holding core/ and backends/
-    ours = (str(package / "core"), str(package / "backends"), contextlib.__file__)
-    frame, level = sys._getframe(1), 1  # the function calling warnings.warn is stacklevel 1
-    while frame is not None and frame.f_code.co_filename.startswith(ours):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def resolve_device(device: Any) -> torch.device:

@@ -6,14 +6,27 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import core
-from ..core.errors import InputError, TargetError
-from .inputs import LoadedModel, Sample, expand_inputs, load_model, load_samples, read_labels
+from ..core.errors import InputError, ModelError, TargetError
+from . import messages, preprocess
+from .inputs import (
+    DEFAULT_MAX_PIXELS,
+    LoadedModel,
+    Sample,
+    expand_inputs,
+    load_model,
+    prepare_samples,
+    read_constant_inputs,
+    read_labels,
+)
+from .layout import ChannelsLast
+from .messages import note
 
 METHODS = ("vanilla", "gradxinput", "smoothgrad", "ig", "guided", "gradcam")
 
@@ -36,7 +49,8 @@ def attribution_function(args: argparse.Namespace) -> Callable[[Any, np.ndarray,
         "gradcam": lambda m, x, t, first: core.grad_cam(m, x, t, layer=args.layer),
     }
     if args.method == "gradcam" and not args.layer:
-        raise InputError("--method gradcam needs --layer NAME (a Conv output tensor or a module name)")
+        raise InputError("--method gradcam needs --layer NAME (a Conv output tensor or a module name; see "
+                         "gradsal inspect MODEL) or --layer auto")
     return methods[args.method]
 
 
@@ -72,10 +86,98 @@ def _progress(total: int, quiet: bool, desc: str) -> Any:
     return tqdm(total=total, desc=desc, file=sys.stderr, unit="input")
 
 
-def _preprocess(args: argparse.Namespace, model: LoadedModel, paths: list[Path]) -> list[Sample]:
-    channels, height, width = model.input_chw
-    size = tuple(args.size) if args.size else (height, width) if height and width else None
-    return load_samples(paths, size=size, channels=channels, mean=args.mean, std=args.std)
+def open_model(args: argparse.Namespace, *, quiet: bool | None = None) -> LoadedModel:
+    """The model named on the command line with its tensor flags, and the preprocessing its images get
+    (from its declared input, a JSON file, a preset and the flags; see :mod:`.preprocess`). A channels-last
+    model is wrapped so that everything else works in NCHW; the decisions are noted on stderr."""
+    model = load_model(args.model, output_name=args.output_name, input_name=args.input_name,
+                       constant_inputs=read_constant_inputs(args.constant_input), model_class=args.model_class)
+    overrides = {
+        "layout": args.layout, "channel_order": args.channel_order, "resize": args.resize,
+        "pixel_range": tuple(args.pixel_range) if args.pixel_range else None,
+        "mean": tuple(args.mean) if args.mean else None, "std": tuple(args.std) if args.std else None,
+        "size": size_flag(args.size), "crop_fraction": args.crop_fraction,
+    }
+    json_path = Path(args.preprocess) if args.preprocess else None
+    prep, notes = preprocess.choose(model.input_shape, model.path, json_path=json_path, preset=args.preset,
+                                    overrides=overrides)
+    if prep.layout == "NHWC":
+        model = replace(model, backend=ChannelsLast(model.backend))
+    for remark in notes:
+        note(remark, quiet=getattr(args, "quiet", False) if quiet is None else quiet)
+    return replace(model, preprocessing=prep, notes=tuple(notes))
+
+
+def size_flag(values: list[str] | None) -> tuple[int | None, int | None] | None:
+    """``--size S`` (S x S) or ``--size H W``, where a side may be ``auto`` (keep the aspect)."""
+    if not values:
+        return None
+    if len(values) > 2:
+        raise InputError(f"--size takes H W (or one side S for S x S), got {len(values)} values")
+    try:
+        sides = tuple(None if v.lower() == "auto" else int(v) for v in values)
+    except ValueError as exc:
+        raise InputError(f"--size {' '.join(values)}: sides are whole numbers of pixels or auto") from exc
+    size = sides * 2 if len(sides) == 1 else sides
+    try:
+        preprocess.check_size(size)  # type: ignore[arg-type]
+    except InputError as exc:
+        raise InputError(f"--size {' '.join(values)}: {exc}") from exc
+    return size  # type: ignore[return-value]
+
+
+def _preprocess(args: argparse.Namespace, model: LoadedModel, paths: list[Path],
+                same_shape: bool = True) -> list[Sample]:
+    prep = model.preprocessing
+    if prep is None:  # a model loaded without open_model: its declared input only
+        prep = preprocess.detect(model.input_shape)[0]
+    samples, notes = prepare_samples(paths, prep, max_pixels=getattr(args, "max_pixels", DEFAULT_MAX_PIXELS),
+                                     same_shape=same_shape)
+    if not prep.normalised and any(s.placement is not None for s in samples):
+        notes.append(preprocess.NORMALISATION_HINT)
+    for remark in notes:
+        note(remark, quiet=getattr(args, "quiet", False))
+    return samples
+
+
+def check_outputs(outputs: Any, n_inputs: int, model: LoadedModel) -> np.ndarray:
+    """The model's outputs for ``n_inputs`` inputs, as one row per input, or an error saying what to explain."""
+    outputs = np.asarray(outputs)
+    if outputs.ndim == 0 or len(outputs) != n_inputs:
+        raise ModelError(
+            f"{model.path.name}'s explained output has shape {outputs.shape}, not one row per input ({n_inputs}): "
+            "explain a per-sample tensor with --output-name NAME (see gradsal inspect MODEL)"
+        )
+    if not np.issubdtype(outputs.dtype, np.floating):
+        raise ModelError(
+            f"{model.path.name}'s explained output is {outputs.dtype} (e.g. decoded indices), which has no "
+            "gradient: explain a floating-point tensor before it with --output-name NAME"
+        )
+    return outputs
+
+
+def _check_static_batch(args: argparse.Namespace, model: LoadedModel, n_inputs: int) -> None:
+    """A model saved with a fixed batch size takes that many rows per call: say how to get there."""
+    fixed = model.static_batch
+    if fixed is None or args.batch_size == fixed:
+        return
+    rows = n_inputs if args.method in ("vanilla", "gradxinput", "guided", "gradcam") else fixed + 1
+    if rows > fixed:
+        raise InputError(
+            f"{model.path.name} was exported with a fixed batch of {fixed} (torch.export without dynamic_shapes), "
+            f"but {args.method} on {n_inputs} input(s) runs more rows at once: pass --batch-size {fixed}, or "
+            "export with dynamic_shapes={'x': {0: torch.export.Dim('batch')}}"
+        )
+
+
+def _resolve_layer(args: argparse.Namespace, model: LoadedModel, x: np.ndarray) -> None:
+    if args.method != "gradcam" or args.layer != "auto":
+        return
+    from .inspect import auto_layer
+
+    args.layer = auto_layer(model, x)
+    note(f"--layer auto: Grad-CAM on {args.layer!r}, the last activation with a spatial grid larger than 1x1",
+         quiet=args.quiet)
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -83,20 +185,22 @@ def run_explain(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)  # before loading the model: a typo in a path fails fast
     labels = read_labels(args.labels)
     explain = attribution_function(args)  # also before loading: a missing --layer fails fast
-    model = load_model(args.model, output_name=args.output_name)
-    samples = _preprocess(args, model, paths)
+    model = open_model(args)
+    samples = _preprocess(args, model, paths, same_shape=False)  # e.g. text lines at a fixed height
+    _check_static_batch(args, model, len(samples))
+    _resolve_layer(args, model, samples[0].array[None])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chunk = max(1, args.batch_size or 16)
     summary = []
     bar = _progress(len(samples), args.quiet, f"gradsal {args.method}")
-    for start in range(0, len(samples), chunk):
-        batch = samples[start:start + chunk]
+    for start, batch in _batches(samples, chunk):
         x = np.stack([s.array for s in batch])
-        outputs = model.backend.forward(x)
+        outputs = check_outputs(model.backend.forward(x), len(x), model)
         targets = resolve_targets(args.target, outputs, labels)
         attributions = explain(model.backend, x, targets, start)
         summary += _write_results(args, out, batch, outputs, targets, attributions, labels)
+        messages.flush()  # the first results are in: what was decided on the way is worth reading now
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
@@ -105,6 +209,18 @@ def run_explain(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {len(summary)} explanation(s) and {out / 'summary.json'}")
     return 0
+
+
+def _batches(samples: list[Sample], size: int) -> list[tuple[int, list[Sample]]]:
+    """``(index of the first, samples)`` runs of at most ``size`` consecutive samples of one shape."""
+    runs: list[tuple[int, list[Sample]]] = []
+    for index, sample in enumerate(samples):
+        last = runs[-1][1] if runs else None
+        if last is not None and len(last) < size and last[0].array.shape == sample.array.shape:
+            last.append(sample)
+        else:
+            runs.append((index, [sample]))
+    return runs
 
 
 def _write_results(args, out, batch, outputs, targets, attributions, labels) -> list[dict[str, Any]]:
@@ -127,27 +243,36 @@ def _write_results(args, out, batch, outputs, targets, attributions, labels) -> 
 
             caption = (f"{args.method} | predicted {row['predicted_name']} | "
                        f"target {row['target_name']} ({row['score']:.3g})")
-            picture = visualize.side_by_side(sample.display, maps[i], caption=caption)
+            shown = maps[i] if sample.placement is None else sample.placement.to_original(maps[i])
+            picture = visualize.side_by_side(sample.display, shown, caption=caption)
             picture.save(out / f"{sample.name}_{args.method}.png")
             row["files"].append(f"{sample.name}_{args.method}.png")
         rows.append(row)
     return rows
 
 
+def _random_input_shape(args: argparse.Namespace, model: LoadedModel) -> tuple[int, ...]:
+    """The shape of the random input ``check`` uses without an INPUT: the declared one, sides from --size."""
+    shape, prep = model.input_shape, model.preprocessing
+    if shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
+        return (1, shape[1])
+    channels = prep.channels if prep is not None else None
+    size = prep.size if prep is not None else None
+    if shape is None or len(shape) != 4 or channels is None or size is None or None in size:
+        declared = "no input shape" if shape is None else "input shape (" + ", ".join(map(str, shape)) + ")"
+        raise InputError(f"{model.path.name} declares {declared}, without a fixed channel count, height and width: "
+                         "give an INPUT image or .npy file, or --size H W")
+    return (1, channels, *size)  # type: ignore[return-value]
+
+
 def run_check(args: argparse.Namespace) -> int:
     """Check the model's gradients against finite differences; exit 1 when they disagree."""
     paths = expand_inputs(args.inputs) if args.inputs else []
-    model = load_model(args.model, output_name=args.output_name)
+    model = open_model(args)
     if paths:
         x = np.stack([s.array for s in _preprocess(args, model, paths)])[:1]
     else:
-        channels, height, width = model.input_chw
-        if channels is None or (height is None) != (width is None):
-            raise InputError(
-                f"{args.model} does not declare a fixed input shape: give an INPUT image or .npy file"
-            )
-        shape = (1, channels) if height is None else (1, channels, height, width)
-        x = np.random.default_rng(args.seed).random(shape).astype(np.float32)
+        x = np.random.default_rng(args.seed).random(_random_input_shape(args, model)).astype(np.float32)
     x = x.astype(np.float64) if args.float64 else x
     computes_in = np.asarray(model.backend.forward(x[:1])).dtype if args.float64 else None
     if computes_in is not None and computes_in != np.float64:

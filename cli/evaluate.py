@@ -24,8 +24,8 @@ import numpy as np
 from .. import core
 from ..core._validate import call_backend
 from ..core.errors import GradsalError, InputError
-from .commands import _preprocess, resolve_targets
-from .inputs import LoadedModel, expand_inputs, load_model
+from .commands import _preprocess, check_outputs, open_model, resolve_targets
+from .inputs import LoadedModel, expand_inputs
 
 # command-line name -> gradsal.core method name
 METHODS = {
@@ -46,15 +46,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Compare the chosen methods on the inputs; print the table, write the plot and the JSON."""
     methods = _chosen_methods(args.methods)
     paths = expand_inputs(args.inputs)  # before loading the model: a typo in a path fails fast
-    model = load_model(args.model, output_name=args.output_name)
+    model = open_model(args)
     samples = _preprocess(args, model, paths)
+    if model.static_batch is not None:  # the curves run many perturbed copies of each input at once
+        raise InputError(
+            f"{model.path.name} was exported with a fixed batch of {model.static_batch} (torch.export without "
+            "dynamic_shapes), and evaluate runs many copies of the inputs together: export it with "
+            "dynamic_shapes={'x': {0: torch.export.Dim('batch')}}"
+        )
     x = np.stack([s.array for s in samples])
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder {str(out)!r}: {exc}") from exc
-    targets = resolve_targets("top1", model.backend.forward(x), None)
+    targets = resolve_targets("top1", check_outputs(model.backend.forward(x), len(x), model), None)
     if not 0.0 < args.step <= 1.0:
         raise InputError(f"--step must be a share of the pixels in (0, 1], got {args.step}")
     if args.no_randomization:

@@ -1,4 +1,5 @@
-"""Entry point of the ``gradsal`` command: ``demo``, ``explain``, ``check``, ``evaluate`` and ``explain-text``.
+"""Entry point of the ``gradsal`` command: ``demo``, ``explain``, ``check``, ``inspect``, ``evaluate`` and
+``explain-text``.
 
 Errors are one line on stderr with exit status 2 (bad arguments, unreadable files, wrong shapes),
 never a traceback unless ``--debug``; ``check`` exits 1 when the gradients disagree.
@@ -13,6 +14,9 @@ from collections.abc import Sequence
 
 from ..core import __version__
 from ..core.errors import GradsalError
+from . import messages
+from .images import DEFAULT_MAX_PIXELS
+from .messages import in_cli_terms, printing_warnings
 
 EXIT_USAGE = 2
 
@@ -25,16 +29,44 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, *, inputs_required: bool) -> None:
-    parser.add_argument("model", help="an .onnx file, a TorchScript file (.pt/.ts) or a torch.export .pt2")
+    parser.add_argument("model", help="an .onnx file, a TorchScript file (.pt/.ts), a torch.export .pt2, or a "
+                                      "state_dict (.pth) with --model-class")
     parser.add_argument("inputs", nargs="+" if inputs_required else "*", metavar="INPUT",
                         help="image files (any format pillow reads), folders of them (a folder without images: its "
-                             ".npy files), or .npy arrays (C,H,W)")
+                             ".npy files), or .npy arrays (C,H,W), (H,W,C) for a channels-last model")
     parser.add_argument("--output-name", help="ONNX: the output or intermediate tensor to explain")
-    parser.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
-                        help="resize images to H x W (default: the ONNX model's declared input size)")
-    parser.add_argument("--mean", nargs="+", type=float, help="per-channel mean subtracted after scaling to [0,1]")
-    parser.add_argument("--std", nargs="+", type=float, help="per-channel std divided after --mean")
+    _add_tensor_and_preprocessing_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="random seed (noise, random check inputs)")
+
+
+def _add_tensor_and_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
+    from .preprocess import CHANNEL_ORDERS, LAYOUTS, PRESETS, RESIZE_MODES
+
+    parser.add_argument("--input-name", help="ONNX: the input to differentiate (when the model has several)")
+    parser.add_argument("--constant-input", action="append", metavar="NAME=FILE.npy",
+                        help="ONNX: fix another input to the array in FILE.npy (repeatable)")
+    parser.add_argument("--model-class", metavar="PACKAGE.MODULE:CLASS",
+                        help="load a state_dict file into this architecture (called with no arguments)")
+    parser.add_argument("--preset", choices=list(PRESETS), help="named preprocessing (see README)")
+    parser.add_argument("--preprocess", metavar="FILE.json",
+                        help="preprocessing file (default: MODEL.preprocess.json beside the model, if present)")
+    parser.add_argument("--layout", type=str.upper, choices=LAYOUTS,
+                        help="how the model takes images (default: read from its declared input shape)")
+    parser.add_argument("--channel-order", type=str.upper, choices=CHANNEL_ORDERS, help="RGB (default) or BGR")
+    parser.add_argument("--pixel-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                        help="map pixels linearly onto [LOW, HIGH] before --mean/--std (default 0 1)")
+    parser.add_argument("--mean", nargs="+", type=float,
+                        help="per-channel mean subtracted after --pixel-range, in the model's channel order")
+    parser.add_argument("--std", nargs="+", type=float, help="per-channel std divided after --mean")
+    parser.add_argument("--size", nargs="+", metavar="H [W]",
+                        help="model input size: S (S x S) or H W, a side may be 'auto' to keep the aspect "
+                             "(default: the model's declared input size)")
+    parser.add_argument("--resize", choices=RESIZE_MODES,
+                        help="stretch (default), crop (shorter side, centre crop) or letterbox (fit and pad)")
+    parser.add_argument("--crop-fraction", type=float, metavar="F",
+                        help="with --resize crop: the crop's share of the resized shorter side (e.g. 0.875)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse images larger than this many pixels (default {DEFAULT_MAX_PIXELS})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                          default="vanilla")
     explain.add_argument("--target", default="top1", help="top1 (default), a class INDEX, or a NAME from --labels")
     explain.add_argument("--labels", help="class names: a text file (one per line) or a JSON list")
-    explain.add_argument("--layer", help="Grad-CAM layer: ONNX tensor name or torch module name")
+    explain.add_argument("--layer", help="Grad-CAM layer: ONNX tensor name, torch module name, or auto (the last "
+                                         "activation with a spatial grid larger than 1x1; see gradsal inspect)")
     explain.add_argument("--samples", type=int, default=50, help="SmoothGrad samples (default 50)")
     explain.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise level (default 0.15)")
     explain.add_argument("--steps", type=int, default=50, help="integrated-gradients steps (default 50)")
@@ -70,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--nudge", type=float, default=None,
                        help="check at the input plus Gaussian noise of this share of its range (default: 1e-3 "
                             "for images, whose flat regions put the model on kinks; 0: at the input itself)")
+
+    inspect = sub.add_parser("inspect", help="list a model's inputs, outputs, preprocessing and Grad-CAM layers "
+                                             "(their grid sizes at the first INPUT's size, if one is given)")
+    _add_model_arguments(inspect, inputs_required=False)
 
     evaluate = sub.add_parser("evaluate", help="compare methods: deletion/insertion AUC and time per method")
     _add_model_arguments(evaluate, inputs_required=True)
@@ -107,6 +144,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .commands import run_check
 
         return run_check(args)
+    if args.command == "inspect":
+        from .inspect import run_inspect
+
+        return run_inspect(args)
     from .evaluate import run_evaluate
 
     return run_evaluate(args)
@@ -120,15 +161,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return _dispatch(args)
+        with printing_warnings():
+            status = _dispatch(args)
+        messages.flush()
+        return status
     except BrokenPipeError:  # `gradsal ... | head`: the reader has gone; say nothing more
         sys.stderr.close()
         return 141
     except (GradsalError, OSError) as exc:
+        messages.discard()
         if args.debug:
             traceback.print_exc()
-        message = " ".join(str(exc).split())
-        print(f"gradsal: error: {message}", file=sys.stderr)
+        print(f"gradsal: error: {in_cli_terms(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("gradsal: interrupted", file=sys.stderr)

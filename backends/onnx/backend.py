@@ -54,6 +54,7 @@ from ...core.errors import (
     ModelError,
     UnsupportedOperatorError,
 )
+from .._stacklevel import user_stacklevel
 from . import _model_io as io
 from ._float64 import float64_copy
 
@@ -318,6 +319,11 @@ class OnnxBackend:
         """
         if rule not in RELU_RULES:
             raise InputError(f"unknown ReLU rule {rule!r}: use one of {', '.join(RELU_RULES)}.")
+        if rule != "standard" and not self.layer_names("Relu"):
+            warnings.warn(
+                f"No Relu node lies between the input and the explained output, so the {rule} rule changes nothing: "
+                "the result is the plain gradient (only ONNX Relu nodes follow the rule; ReLU6 exported as Clip, "
+                "HardSwish and LeakyRelu do not).", UserWarning, stacklevel=user_stacklevel())
         twin = object.__new__(OnnxBackend)
         twin.__dict__.update(self.__dict__)
         twin._relu_rule = rule

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -143,14 +144,14 @@ def test_backend_without_randomization_gets_a_note(tmp_path: Path, monkeypatch: 
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from dataclasses import replace
 
-    from gradsal.cli import evaluate, inputs
+    from gradsal.cli import commands, inputs
     from gradsal.cli.main import main
 
-    def load_without(path: str, *, output_name: str | None = None) -> inputs.LoadedModel:
-        loaded = inputs.load_model(path, output_name=output_name)
+    def load_without(path: str, **options: Any) -> inputs.LoadedModel:
+        loaded = inputs.load_model(path, **options)
         return replace(loaded, backend=_NoRandomization(loaded.backend))
 
-    monkeypatch.setattr(evaluate, "load_model", load_without)
+    monkeypatch.setattr(commands, "load_model", load_without)  # evaluate opens its model through commands
     paths = sample_paths()[:2]
     status = main(["evaluate", str(data_path("digits_cnn.onnx")), *paths, "--methods", "vanilla", "vanilla",
                    "--out", str(tmp_path)])
