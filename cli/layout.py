@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-_OPTIONAL = ("jvp", "layer_vjp", "layer_names", "with_relu_rule", "randomized")
+_OPTIONAL = ("jvp", "layer_vjp", "layer_names", "with_relu_rule", "randomized", "float64")
 
 
 def _to_nhwc(x: np.ndarray) -> np.ndarray:
@@ -64,3 +64,7 @@ class ChannelsLast:
 
     def _randomized(self, layers: Any, seed: int) -> ChannelsLast:
         return ChannelsLast(self.backend.randomized(layers, seed))
+
+    def _float64(self) -> ChannelsLast | None:
+        double = self.backend.float64()
+        return None if double is None else ChannelsLast(double)

@@ -101,3 +101,21 @@ def test_a_closed_pipe_ends_quietly() -> None:
     reader.stdout.close()  # the reader goes away before the report is printed
     _, err = reader.communicate(timeout=120)
     assert reader.returncode == 141 and b"Traceback" not in err and b"error" not in err, err
+
+
+def test_a_channels_last_model_with_double_kernels_is_checked_in_float64(tmp_path: Path, capsys) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from gradsal.cli.main import main
+
+    weights = numpy_helper.from_array(np.random.default_rng(0).random((1, 8, 8, 3)).astype(np.float32), "w")
+    axes = numpy_helper.from_array(np.array([1, 2], np.int64), "axes")
+    nodes = [helper.make_node("Mul", ["x", "w"], ["m"]), helper.make_node("Tanh", ["m"], ["t"]),
+             helper.make_node("ReduceSum", ["t", "axes"], ["y"], keepdims=0)]
+    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [weights, axes])
+    path = tmp_path / "nhwc.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert main(["check", str(path)]) == 0
+    assert "PASSED in float64" in capsys.readouterr().out
