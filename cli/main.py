@@ -1,4 +1,4 @@
-"""Entry point of the ``gradsal`` command: ``demo``, ``explain``, ``check`` and ``evaluate``.
+"""Entry point of the ``gradsal`` command: ``demo``, ``explain``, ``check``, ``evaluate`` and ``audit``.
 
 Errors are one line on stderr with exit status 2 (bad arguments, unreadable files, wrong shapes),
 never a traceback unless ``--debug``; ``check`` exits 1 when the gradients disagree.
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from ..core import __version__
 from ..core.errors import GradsalError
+from .audit import add_audit_arguments
 
 EXIT_USAGE = 2
 
@@ -78,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-randomization", action="store_true",
                           help="skip the model-randomisation column (it costs one run per method and weight layer)")
     evaluate.add_argument("--out", default="gradsal-eval", help="output folder for the curves plot")
+
+    audit = sub.add_parser("audit", help="does the model look inside the masks, per image and per group? (report)")
+    _add_model_arguments(audit, inputs_required=True)
+    add_audit_arguments(audit)
     return parser
 
 
@@ -94,6 +99,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .commands import run_check
 
         return run_check(args)
+    if args.command == "audit":
+        from .audit import run_audit
+
+        return run_audit(args)
     from .evaluate import run_evaluate
 
     return run_evaluate(args)

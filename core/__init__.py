@@ -102,3 +102,19 @@ __all__ += [
     "deletion_curve", "input_invariance", "insertion_curve", "model_randomization_test", "plot_curves",
     "spearman_correlation", "ssim",
 ]
+
+# localisation metrics: saliency inside a region (object mask or box) and on a forbidden one
+from .localisation import (  # noqa: E402 (kept apart from the blocks above for easy merges)
+    box_mask,
+    energy_pointing_game,
+    forbidden_share,
+    localisation_metrics,
+    pointing_game,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+)
+
+__all__ += [
+    "box_mask", "energy_pointing_game", "forbidden_share", "localisation_metrics", "pointing_game",
+    "relevance_mass_accuracy", "relevance_rank_accuracy",
+]
