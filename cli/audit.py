@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import InputError, MissingDependencyError
+from ..core.errors import InputError
 
 RESULTS = "results.jsonl"
 SETTINGS = "audit.json"
@@ -101,10 +101,8 @@ def _engine(args: argparse.Namespace, settings: Any, todo: list[Any]) -> Iterato
     if not todo:
         return iter(())
     if args.engine == "ray":
-        try:
-            from ..scale import audit_with_ray
-        except ImportError as exc:
-            raise MissingDependencyError("--engine ray needs Ray Data: pip install 'gradsal[scale]'") from exc
+        from ..scale import audit_with_ray  # says which extra to install when Ray is missing
+
         return audit_with_ray(settings, todo, workers=args.workers)
     from .audit_pipeline import audit_locally
 

@@ -57,8 +57,8 @@ def overlay_png(display: np.ndarray, saliency: np.ndarray, region: np.ndarray, f
     factor = picture.shape[0] // region.shape[0]
     for mask, colour in ((region, REGION_RGB), (forbidden, FORBIDDEN_RGB)):
         if mask is not None:
-            edge = np.kron(_outline(mask), np.ones((factor, factor), dtype=bool)).astype(bool)
-            picture[edge] = colour
+            enlarged = np.kron(mask, np.ones((factor, factor), dtype=bool)).astype(bool)
+            picture[_outline(enlarged)] = colour  # a one-pixel line at display size hides little of the map
     from PIL import Image
 
     buffer = io.BytesIO()

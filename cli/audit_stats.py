@@ -83,14 +83,17 @@ def read_rows(path: Path) -> Iterable[dict[str, Any]]:
 
 
 def collect_metrics(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """group -> metric -> values (NaN where missing): a few floats per image, never the maps."""
-    groups: dict[str, dict[str, list[float]]] = {}
+    """group -> metric -> values (NaN where missing), in image-name order whatever the rows' order (so the
+    bootstrap draws the same resamples for any engine): a few floats per image, never the maps."""
+    named: dict[str, list[tuple[str, list[float]]]] = {}
     for row in rows:
-        per_metric = groups.setdefault(str(row["group"]), {m: [] for m in METRICS})
-        for metric in METRICS:
-            value = row.get(metric)
-            per_metric[metric].append(math.nan if value is None else float(value))
-    return dict(sorted(groups.items()))
+        values = [math.nan if row.get(m) is None else float(row[m]) for m in METRICS]
+        named.setdefault(str(row["group"]), []).append((str(row["image"]), values))
+    groups: dict[str, dict[str, list[float]]] = {}
+    for group, entries in sorted(named.items()):
+        table = [values for _, values in sorted(entries)]
+        groups[group] = {metric: [values[k] for values in table] for k, metric in enumerate(METRICS)}
+    return groups
 
 
 def summarise(groups: dict[str, dict[str, list[float]]], seed: int = 0, n_boot: int = 2000,

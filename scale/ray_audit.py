@@ -15,6 +15,7 @@ and ``error`` (empty, or the message of the typed error that stopped that image)
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ except ImportError as exc:
 
 ROW_COLUMNS = ("image", "group", "predicted", "target", "score", *METRICS)
 INTEGER_COLUMNS = ("predicted", "target")
+IO_CPUS = 0
 
 
 class AuditActor:
@@ -89,15 +91,21 @@ def audit_dataset(dataset: Any, settings: AuditSettings, *, workers: int = 1, ba
     if workers < 1 or batch_size < 1:
         raise InputError(f"workers and batch_size must be at least 1, got {workers} and {batch_size}")
     return dataset.map_batches(AuditActor, fn_constructor_kwargs={"settings": settings}, batch_size=batch_size,
-                               batch_format="numpy", concurrency=workers, num_cpus=1)
+                               batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
 
 
 def read_items(items: list[AuditItem]) -> Any:
     """A dataset of records: ``ray.data`` reads the image files, each task adds the masks and group."""
     masks = {item.name: (str(item.mask), None if item.forbidden is None else str(item.forbidden), item.group)
              for item in items}
-    files = ray.data.read_binary_files([str(item.image) for item in items], include_paths=True)
-    return files.map_batches(functools.partial(_attach_masks, masks=masks), batch_format="numpy")
+    # reading asks for no CPU: an actor pool as large as the cluster would otherwise hold every CPU and
+    # leave the reads, which feed it, waiting for ever
+    paths = [str(item.image) for item in items]
+    if "num_cpus" in inspect.signature(ray.data.read_binary_files).parameters:
+        files = ray.data.read_binary_files(paths, include_paths=True, num_cpus=IO_CPUS)
+    else:  # Ray before 2.50 takes the task options as a dict
+        files = ray.data.read_binary_files(paths, include_paths=True, ray_remote_args={"num_cpus": IO_CPUS})
+    return files.map_batches(functools.partial(_attach_masks, masks=masks), batch_format="numpy", num_cpus=IO_CPUS)
 
 
 def _attach_masks(batch: dict[str, np.ndarray], masks: dict[str, tuple[str, str | None, str]]) -> dict[str, Any]:
