@@ -128,7 +128,10 @@ class Auditor:
         channels, height, width = self.model.input_chw
         settings = self.settings
         size = settings.size or ((height, width) if height and width else None)
-        image = read_image(io.BytesIO(data), size, channels)  # type: ignore[arg-type]
+        try:
+            image = read_image(io.BytesIO(data), size, channels)  # type: ignore[arg-type]
+        except InputError as exc:  # its message would show a BytesIO; the caller names the file
+            raise InputError("cannot read the image: not a format pillow reads, or a damaged file") from exc
         original_hw = image_size(data) if size is not None else image.shape[:2]
         chw = normalise(image, settings.mean, settings.std).transpose(2, 0, 1)
         return np.ascontiguousarray(chw)[None], (int(original_hw[0]), int(original_hw[1]))

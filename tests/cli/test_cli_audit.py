@@ -150,3 +150,35 @@ def test_a_missing_or_missized_mask_is_one_line_naming_the_image(shortcut: tuple
     assert main(audit_args(model, broken, tmp_path / "b")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"image {names[0]}" in err and "12x16" in err and "16x16" in err
+
+
+def test_gradcam_maps_are_upsampled_to_the_masks(tmp_path: Path) -> None:
+    """Grad-CAM at the layer's 8x8, upsampled to the model's 32x32, then to the images' own 40x36."""
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from gradsal.reference_models import zoo
+
+    rng = np.random.default_rng(0)
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 36), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        np.save(tmp_path / "masks" / f"{i}.npy", np.pad(np.ones((10, 10), dtype=bool), ((5, 25), (5, 21))))
+    out = tmp_path / "out"
+    assert main(["audit", str(zoo.data_path("digits_cnn.onnx")), str(tmp_path / "images"), "--masks",
+                 str(tmp_path / "masks"), "--method", "gradcam", "--layer", "/block3/block3.2/Relu_output_0",
+                 "--out", str(out), "--quiet", "--bootstrap", "50"]) == 0
+    assert np.load(out / "maps" / "0.png.npy").shape == (40, 36)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 3 and all(0 <= r["mass_accuracy"] <= 1 and r["forbidden_share"] is None for r in rows)
+
+
+def test_the_ray_engine_without_ray_names_the_extra(shortcut: tuple[Path, dict[str, Path], Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    model, paths, _ = shortcut
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as where it is not installed
+    monkeypatch.delitem(sys.modules, "gradsal.scale.ray_audit", raising=False)
+    assert main(audit_args(model, paths, tmp_path / "out", "--engine", "ray")) == 2
+    assert "pip install 'gradsal[scale]'" in capsys.readouterr().err
