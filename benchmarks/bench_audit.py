@@ -7,7 +7,8 @@ forbidden mask; the model: the shipped digits CNN (ONNX, 32x32 -> 10); the metho
   each n in ``--images``, in this process, and must give the same rows as the local engine. Each run is
   timed whole, the fastest of ``--repeats`` (for Ray, starting the actors, each of which builds its own
   backend, is inside the time; ``ray.init(num_cpus=2)`` is not); the marginal rate
-  ``(n2 - n1) / (t2 - t1)`` between the smallest and the largest n cancels the start-up. Ratios are against the local engine measured in the same run.
+  ``(n2 - n1) / (t2 - t1)`` between the smallest and the largest n cancels the start-up. Ratios are
+  against the local engine measured in the same run.
 - Memory: a fresh Python process audits ``--memory-sizes`` images with the local engine and reports its
   peak resident set (``ru_maxrss``) and the peak of Python's own allocations during the audit
   (``tracemalloc``); flat means the same at 100 and at 2,000 images.
