@@ -84,6 +84,12 @@ def test_the_outputs(shortcut: tuple[Path, dict[str, Path], Path]) -> None:
     assert saliency.shape == (16, 16) and saliency.dtype == np.float16 and saliency.max() == 1.0
     page = (out / "report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 12 and "<svg" in page and "CI excludes 0" in page
+    try:
+        import pyarrow.parquet
+    except ImportError:
+        return  # Parquet is written only where pyarrow is installed
+    table = pyarrow.parquet.read_table(out / "results.parquet")
+    assert table.num_rows == 60 and sorted(table.column("image").to_pylist()) == sorted(r["image"] for r in rows)
 
 
 def test_the_row_matches_metrics_computed_here(shortcut: tuple[Path, dict[str, Path], Path]) -> None:
