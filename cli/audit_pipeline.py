@@ -231,7 +231,7 @@ def plan_audit(inputs: list[str], masks: str, forbidden: str | None = None,
 def read_groups(table: str, column: str, image_column: str = "image") -> dict[str, str]:
     """Image file name (or stem) -> group, from a CSV table with a header row."""
     try:
-        with open(table, newline="", encoding="utf-8") as handle:
+        with open(table, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's BOM
             reader = csv.DictReader(handle)
             fields = reader.fieldnames or []
             for needed, option in ((image_column, "--image-column"), (column, "--group-column")):

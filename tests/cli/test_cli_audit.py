@@ -188,3 +188,17 @@ def test_the_ray_engine_without_ray_names_the_extra(shortcut: tuple[Path, dict[s
     monkeypatch.delitem(sys.modules, "gradsal.scale.ray_audit", raising=False)
     assert main(audit_args(model, paths, tmp_path / "out", "--engine", "ray")) == 2
     assert "pip install 'gradsal[scale]'" in capsys.readouterr().err
+
+
+def test_groups_table_errors_are_one_line(shortcut: tuple[Path, dict[str, Path], Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    model, paths, _ = shortcut
+    lines = paths["groups"].read_text(encoding="utf-8").splitlines()
+    short = tmp_path / "short.csv"
+    short.write_text("\ufeff" + "\n".join(lines[:-1]) + "\n", encoding="utf-8")  # a BOM, as spreadsheets write
+    assert main(audit_args(model, {**paths, "groups": short}, tmp_path / "a")) == 2
+    missing = lines[-1].split(",")[0]
+    assert f"image {missing} is not in the groups table" in capsys.readouterr().err
+    assert main([*audit_args(model, paths, tmp_path / "b"), "--group-column", "site"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no column 'site'" in err and "--group-column" in err
