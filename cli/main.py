@@ -1,5 +1,5 @@
-"""Entry point of the ``gradsal`` command: ``demo``, ``explain``, ``check``, ``inspect``, ``evaluate`` and
-``explain-text``.
+"""Entry point of the ``gradsal`` command: ``demo``, ``explain``, ``check``, ``inspect``, ``evaluate``,
+``explain-text`` and ``audit``.
 
 Errors are one line on stderr with exit status 2 (bad arguments, unreadable files, wrong shapes),
 never a traceback unless ``--debug``; ``check`` exits 1 when the gradients disagree.
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from ..core import __version__
 from ..core.errors import GradsalError
 from . import messages
+from .audit import add_audit_arguments
 from .images import DEFAULT_MAX_PIXELS
 from .messages import in_cli_terms, printing_warnings
 
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .text import add_parser as add_explain_text
 
     add_explain_text(sub)
+    audit = sub.add_parser("audit", help="does the model look inside the masks, per image and per group? (report)")
+    _add_model_arguments(audit, inputs_required=True)
+    add_audit_arguments(audit)
     return parser
 
 
@@ -148,6 +152,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .inspect import run_inspect
 
         return run_inspect(args)
+    if args.command == "audit":
+        from .audit import run_audit
+
+        return run_audit(args)
     from .evaluate import run_evaluate
 
     return run_evaluate(args)

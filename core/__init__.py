@@ -107,3 +107,19 @@ __all__ += [
     "spearman_correlation", "ssim",
 ]
 __all__ += ["TOKEN_REDUCTIONS", "token_scores"]
+
+# localisation metrics: saliency inside a region (object mask or box) and on a forbidden one
+from .localisation import (  # noqa: E402 (kept apart from the blocks above for easy merges)
+    box_mask,
+    energy_pointing_game,
+    forbidden_share,
+    localisation_metrics,
+    pointing_game,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+)
+
+__all__ += [
+    "box_mask", "energy_pointing_game", "forbidden_share", "localisation_metrics", "pointing_game",
+    "relevance_mass_accuracy", "relevance_rank_accuracy",
+]
