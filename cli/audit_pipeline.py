@@ -29,6 +29,7 @@ from ..core.attribution import resize_linear
 from ..core.errors import GradsalError, InputError, MissingDependencyError
 from .commands import attribution_function, resolve_targets
 from .inputs import IMAGE_SUFFIXES, expand_inputs, load_model, read_image
+from .preprocess import Preprocessing
 
 METRICS = ("mass_accuracy", "rank_accuracy", "pointing_game", "energy_pointing_game", "forbidden_share")
 MASK_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
@@ -133,8 +134,9 @@ class Auditor:
         except InputError as exc:  # its message would show a BytesIO; the caller names the file
             raise InputError("cannot read the image: not a format pillow reads, or a damaged file") from exc
         original_hw = image_size(data) if size is not None else image.shape[:2]
-        chw = normalise(image, settings.mean, settings.std).transpose(2, 0, 1)
-        return np.ascontiguousarray(chw)[None], (int(original_hw[0]), int(original_hw[1]))
+        prep = Preprocessing(mean=tuple(settings.mean) if settings.mean else None,
+                             std=tuple(settings.std) if settings.std else None)
+        return prep.to_model_values(image)[None], (int(original_hw[0]), int(original_hw[1]))
 
     def _map(self, attributions: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
         if self.settings.method == "gradcam":
@@ -148,13 +150,6 @@ class Auditor:
     def display(self, data: bytes) -> np.ndarray:
         """The image as float (H, W, C) in [0, 1] at its own size, for overlays."""
         return read_image(io.BytesIO(data), None, self.model.input_chw[0])  # type: ignore[arg-type]
-
-
-def normalise(image: np.ndarray, mean: Any, std: Any) -> np.ndarray:
-    """``(image - mean) / std`` per channel, exactly as ``explain`` preprocesses."""
-    from .inputs import _normalise
-
-    return _normalise(image, list(mean) if mean else None, list(std) if std else None)
 
 
 def image_size(data: bytes) -> tuple[int, int]:

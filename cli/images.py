@@ -44,8 +44,10 @@ def _pillow():
 
 
 def read_image_file(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageRead:
-    """The pixels of the image file at ``path`` scaled to [0, 1] by their real range (see the module doc)."""
+    """The pixels of the image file at ``path`` (or an open binary file) scaled to [0, 1] by their real range
+    (see the module doc)."""
     Image, ImageOps = _pillow()
+    name = getattr(path, "name", "the image")  # an in-memory file (the audit's Ray engine) has no name
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # ours (max_pixels) replaces pillow's
     try:
         with warnings.catch_warnings():
@@ -56,7 +58,7 @@ def read_image_file(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
             notes = []
             frames = getattr(img, "n_frames", 1)
             if frames > 1:
-                notes.append(f"{path.name}: several frames (an animation or a stack); only the first is read")
+                notes.append(f"{name}: several frames (an animation or a stack); only the first is read")
             img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img) or img
@@ -68,7 +70,7 @@ def read_image_file(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     if note:
-        notes.append(f"{path.name}: {note}")
+        notes.append(f"{name}: {note}")
     return ImageRead(pixels, tuple(notes))
 
 
