@@ -65,7 +65,3 @@ def assert_matches_float64_reference(model: onnx.ModelProto, x: np.ndarray, fn: 
     np.testing.assert_allclose(ju, ju_ref, rtol=rtol, atol=atol_scale * np.abs(ju_ref).max(),
                                err_msg="JVP differs from the float64 reference")
 
-
-def away_from(values: np.ndarray, kinks: list[float], margin: float) -> bool:
-    """True when no entry lies within ``margin`` of a kink."""
-    return all(np.abs(values - k).min() > margin for k in kinks)

@@ -109,12 +109,22 @@ def test_instance_normalization_default_epsilon() -> None:
 
 
 def test_average_pool_defaults() -> None:
-    """Only the required kernel_shape: strides 1, no pads, count_include_pad from the spec."""
+    """Only the required kernel_shape: strides 1, no pads."""
     x = _input((2, 3, 5, 6))
-    count_include_pad = _default("AveragePool", "count_include_pad", 17)
     model = make_model([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 3])], {"x": x}, ["y"])
     assert_matches_float64_reference(
-        model, x, lambda t: spec.average_pool(t, [2, 3], [1, 1], [0, 0, 0, 0], count_include_pad), **SPATIAL_TOLERANCE)
+        model, x, lambda t: spec.average_pool(t, [2, 3], [1, 1], [0, 0, 0, 0], 0), **SPATIAL_TOLERANCE)
+
+
+def test_average_pool_default_count_include_pad() -> None:
+    """Pads set, count_include_pad omitted: the divisor at the borders follows the spec's default."""
+    x = _input((2, 3, 5, 6))
+    count_include_pad = _default("AveragePool", "count_include_pad", 17)
+    pads = [1, 1, 0, 1]
+    model = make_model([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 2], pads=pads)],
+                       {"x": x}, ["y"])
+    assert_matches_float64_reference(
+        model, x, lambda t: spec.average_pool(t, [3, 2], [1, 1], pads, count_include_pad), **SPATIAL_TOLERANCE)
 
 
 @pytest.mark.parametrize("scales", [(2.0, 3.0), (1.5, 2.5), (0.5, 1.0)])
