@@ -259,14 +259,21 @@ def _cos(ctx: RuleContext, node: NodeProto, v: str) -> str:
 @_diagonal("LeakyRelu")
 def _leaky_relu(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """dy/dx = 1 for x > 0, alpha below (the mask read from y when alpha >= 0: y > 0 iff x > 0)."""
-    alpha = float(ctx.attr(node, "alpha", 0.01))
+    alpha = float(ctx.attr(node, "alpha", 0.009999999776482582))  # the spec's float32 0.01, as in the forward
     sign_source = node.output[0] if alpha >= 0 else node.input[0]
     return _mul(ctx, v, _blend_constants(ctx, _step(ctx, sign_source), 1.0, alpha))
 
 
+def _negative_part(ctx: RuleContext, x: str) -> str:
+    """min(x, 0); before opset 8 Min does not broadcast, so as x - relu(x) (exact: x - x or x - 0)."""
+    if ctx.opset < 8:
+        return ctx.emit1("Sub", [x, ctx.emit1("Relu", [x])])
+    return ctx.emit1("Min", [x, _scalar(ctx, 0.0, x)])
+
+
 def _elu_slope(ctx: RuleContext, x: str, alpha: float) -> str:
     """Elu's dy/dx: 1 for x > 0, alpha e^x below; e^min(x, 0) is both when alpha = 1."""
-    exp_negative_part = ctx.emit1("Exp", [ctx.emit1("Min", [x, _scalar(ctx, 0.0, x)])])
+    exp_negative_part = ctx.emit1("Exp", [_negative_part(ctx, x)])
     if alpha == 1.0:
         return exp_negative_part
     positive_part = _mul(ctx, _step(ctx, x), _scalar(ctx, 1.0 - alpha, x))

@@ -58,9 +58,27 @@ def test_same_seed_same_weights_other_seed_other_weights() -> None:
 
 
 def test_randomized_keeps_the_backend_settings() -> None:
+    """The twin selects the same output, runs in the same row chunks, the same dtype and on the same
+    device, and its VJP pulls the cotangent back through that selected output of ITS model."""
     backend = TorchBackend(_model(), output=lambda out: out[:, :1], batch_size=1)
     twin = backend.randomized(["1"], seed=0)
-    assert twin.forward(np.ones((3, 3))).shape == (3, 1)
+    x = np.random.default_rng(1).normal(size=(3, 3))
+    rows: list[int] = []
+    handle = twin.model.register_forward_pre_hook(lambda _m, inputs: rows.append(len(inputs[0])))
+    try:
+        outputs = twin.forward(x)
+        _, grad = twin.vjp(x, np.full((3, 1), 2.0))
+    finally:
+        handle.remove()
+    assert rows == [1] * 6  # batch_size=1: three one-row chunks per call
+    xt = torch.tensor(x, requires_grad=True)
+    selected = twin.model(xt)[:, :1]
+    np.testing.assert_array_equal(outputs, selected.detach().numpy())
+    assert outputs.dtype == np.float64
+    np.testing.assert_allclose(grad, torch.autograd.grad(selected, xt, torch.full((3, 1), 2.0, dtype=torch.float64))[0],
+                               rtol=1e-14)
+    assert twin.device == backend.device
+    assert not np.allclose(outputs, backend.forward(x))  # the twin's own (randomised) model
 
 
 def test_bad_layer_names() -> None:
