@@ -44,6 +44,11 @@ CORE = ["tests/core/test_core_closed_form.py", "tests/core/test_core_integrated_
         "tests/core/test_core_gauss_legendre.py", "tests/core/test_core_smoothgrad.py",
         "tests/torch/test_torch_fast_path_float32.py"]
 EL, CONV = "backends/onnx/_elementwise.py", "backends/onnx/_conv.py"
+GC = "core/gradcheck.py"
+# the real-model power tests need $GRADSAL_CORPUS_DIR (the copy has no .cache); without it they skip
+CHECKER = ["tests/core/test_core_gradcheck_power.py", "tests/core/test_core_gradcheck.py",
+           "tests/core/test_core_gradcheck_kinks.py", "tests/cli/test_cli_check.py",
+           "tests/real_models/test_gradcheck_power.py"]
 
 
 def _mutant(name: str, file: str, find: str, replace: str, tests: list[str], why: str) -> dict:
@@ -161,6 +166,26 @@ MUTANTS: list[dict] = [
     _mutant("ig-path-from-zero", "core/attribution.py",
             "return (base[part] + alphas[segment.copy] * difference[part]).astype(x.dtype)",
             "return (alphas[segment.copy] * x[part]).astype(x.dtype)", CORE, "IG's path starts at 0, not the baseline"),
+    # ----------------------------------------------------------------- the gradient checker's own gates
+    _mutant("gradcheck-kink-ratio-0.25", GC, "KINK_RATIO = 0.75", "KINK_RATIO = 0.25", CHECKER,
+            "a smooth function's shrinking one-sided gap taken for a kink (its wrong gradient set aside)"),
+    _mutant("gradcheck-float64-tolerances-x10", GC, "_Precision(1e-6, _ladder(-10, -5), 1e-5, 1e-4, 1e-9)",
+            "_Precision(1e-6, _ladder(-10, -5), 1e-4, 1e-3, 1e-8)", CHECKER, "float64 tolerances 10x looser"),
+    _mutant("gradcheck-float64-tolerances-x1000", GC, "_Precision(1e-6, _ladder(-10, -5), 1e-5, 1e-4, 1e-9)",
+            "_Precision(1e-6, _ladder(-10, -5), 1e-2, 1e-1, 1e-6)", CHECKER, "float64 tolerances 1000x looser"),
+    _mutant("gradcheck-float32-rtol-x5", GC, "_Precision(1e-3, _ladder(-7, -3), 2e-2, 0.3, 1e-6)",
+            "_Precision(1e-3, _ladder(-7, -3), 1e-1, 0.3, 1e-6)", CHECKER,
+            "float32 relative tolerance 10% (a 10% scale error passes)"),
+    _mutant("gradcheck-no-gradient-direction", GC, '"gradient": [_normalised(grads)] if n_directions >= 1 else [],',
+            '"gradient": [_normalised(rng.standard_normal(shape))] if n_directions >= 1 else [],', CHECKER,
+            "the gradient's own direction replaced by a random one"),
+    _mutant("gradcheck-no-channel-directions", GC, "for index in range(shape[axis])][:max(n_directions - 1, 0)]",
+            "for index in range(shape[axis])][:0]", CHECKER, "no direction within each channel"),
+    _mutant("gradcheck-no-nudge", GC, "share = 1e-3 if mode == \"directions\" else 0.0", "share = 0.0", CHECKER,
+            "images checked on the kinks their flat regions make"),
+    _mutant("gradcheck-uncertainty-unbounded", GC, "resolved = bool(judged.all()) and detectable < 1.0",
+            "resolved = bool(judged.all())", CHECKER,
+            "a family too uncertain to fail even a zero gradient counted as evidence"),
 ]
 
 

@@ -98,3 +98,30 @@ def test_bad_power_arguments() -> None:
         gradient_check_power(FunctionBackend(model.f, model.grad), image(np.float64), corruptions=["typo"])
     with pytest.raises(gs.InputError, match="nudge"):
         gs.check_gradients(FunctionBackend(model.f, model.grad), image(np.float64), nudge=-1.0)
+
+
+class VjpOnly:
+    """forward and vjp from plain functions (no jvp: the finite differences alone judge)."""
+
+    def __init__(self, f, grad) -> None:
+        self.f, self.grad = f, grad
+
+    def forward(self, x):
+        return self.f(x)
+
+    def vjp(self, x, cotangent):
+        return self.f(x), self.grad(x, cotangent)
+
+
+def test_differences_drowned_in_rounding_are_inconclusive_not_passed() -> None:
+    # a float32 output of 10,000 moves by about 1e-3 per rounding step: a slope of 1e-2 spread over 432
+    # pixels is below what any step of the ladder can resolve, so the check must say it cannot judge
+    weights = np.random.default_rng(0).standard_normal((3 * 12 * 12, 1))
+
+    def f(x: np.ndarray) -> np.ndarray:
+        return (1e4 + 1e-2 * (x.reshape(len(x), -1).astype(np.float64) @ weights)).astype(np.float32)
+
+    report = gs.check_gradients(VjpOnly(f, lambda z, v: (1e-2 * v @ weights.T).reshape(z.shape)), image(np.float32),
+                                target=0)
+    assert report.verdict == "INCONCLUSIVE" and not report.passed, report
+    assert "cannot judge" in str(report)
