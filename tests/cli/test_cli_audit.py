@@ -346,3 +346,19 @@ def test_settings_travel_to_a_new_worker(tmp_path: Path) -> None:
     assert copy == settings
     record = AuditItem(paths["images"] / "a.png", paths["masks"] / "a.png", None, "all").load()
     assert json.loads(row_to_json(Auditor(copy).audit(record)[0])) == row
+
+
+def test_max_pixels_and_a_damaged_image_are_one_line_naming_the_image(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    model, _ = linear_onnx(tmp_path / "nchw.onnx", ["batch", 3, 8, 8], 3 * 8 * 8, seed=3)
+    picture = np.random.default_rng(8).integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    paths = write_images(tmp_path, {"big.png": picture}, {"big.png": np.ones((8, 10), dtype=bool)})
+    args = ["audit", str(model), str(paths["images"]), "--masks", str(paths["masks"]), "--quiet"]
+    assert main([*args, "--max-pixels", "79", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "image big.png: the image declares 10 x 8 = 80 pixels" in err
+    assert "--max-pixels 80" in err
+    (paths["images"] / "big.png").write_bytes(b"\x89PNG not really")
+    assert main([*args, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "image big.png: cannot read the image: not a format pillow reads" in err
