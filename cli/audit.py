@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError
+from . import messages
 
 RESULTS = "results.jsonl"
 SETTINGS = "audit.json"
+NOT_IN_RESULTS = ("max_pixels",)  # settings a restart may change: they refuse images, never alter a row
 
 
 def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +55,9 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or messages")
 
 
-def settings_from(args: argparse.Namespace) -> Any:
-    """The command line as :class:`AuditSettings`."""
+def settings_from(args: argparse.Namespace, preprocessing: Any = None) -> Any:
+    """The command line as :class:`AuditSettings`; ``preprocessing``: the one :func:`.commands.open_model`
+    resolved from the model and the flags, as ``explain`` resolves it, so that every worker feeds images alike."""
     from .audit_pipeline import AuditSettings
     from .inputs import read_labels
 
@@ -62,16 +65,27 @@ def settings_from(args: argparse.Namespace) -> Any:
     return AuditSettings(
         model=str(Path(args.model).resolve()), method=args.method, target=args.target,
         labels=tuple(labels) if labels else None, output_name=args.output_name, layer=args.layer,
-        samples=args.samples, noise=args.noise, steps=args.steps, seed=args.seed,
-        size=tuple(args.size) if args.size else None, mean=tuple(args.mean) if args.mean else None,
-        std=tuple(args.std) if args.std else None, sign=args.sign,
+        samples=args.samples, noise=args.noise, steps=args.steps, seed=args.seed, sign=args.sign,
+        input_name=args.input_name, constant_inputs=_constant_input_specs(args.constant_input),
+        model_class=args.model_class, preprocessing=preprocessing, max_pixels=args.max_pixels,
     )
+
+
+def _constant_input_specs(specs: list[str] | None) -> tuple[str, ...]:
+    """``NAME=FILE.npy`` with FILE made absolute: workers may run in another folder."""
+    resolved = []
+    for spec in specs or []:
+        name, _, file = spec.partition("=")
+        resolved.append(f"{name}={Path(file).resolve()}")
+    return tuple(resolved)
 
 
 def run_audit(args: argparse.Namespace) -> int:
     """Audit every image, streaming results to ``--out``, then write the summary and the report."""
     from .audit_pipeline import plan_audit, read_groups
-    from .commands import attribution_function
+    from .commands import attribution_function, open_model
+    from .messages import note
+    from .preprocess import NORMALISATION_HINT
 
     if args.workers < 1 or args.bootstrap < 1 or args.worst < 0:
         raise InputError("--workers and --bootstrap must be at least 1, --worst at least 0")
@@ -79,8 +93,11 @@ def run_audit(args: argparse.Namespace) -> int:
         raise InputError("--groups TABLE.csv and --group-column COL go together")
     groups = read_groups(args.groups, args.group_column, args.image_column) if args.groups else None
     items = plan_audit(args.inputs, args.masks, args.forbidden, groups)
-    settings = settings_from(args)
-    attribution_function(settings.method_arguments())  # a missing --layer fails before any work
+    attribution_function(settings_from(args).method_arguments())  # a missing --layer fails before loading
+    model = open_model(args, quiet=args.quiet)  # the layout, preset, file and flags, resolved as explain does
+    if not model.preprocessing.normalised:
+        note(NORMALISATION_HINT, quiet=args.quiet)
+    settings = settings_from(args, model.preprocessing)
     out = Path(args.out)
     (out / "maps").mkdir(parents=True, exist_ok=True)
     _check_same_settings(out, settings)
@@ -116,6 +133,7 @@ def _write_rows(out: Path, rows: Iterator[tuple[dict[str, Any], bytes]], total: 
             (out / "maps" / f"{row['image']}.npy").write_bytes(saliency)
             results.write(row_to_json(row) + "\n")
             results.flush()  # a row on disk is a row a restart skips
+            messages.flush()  # the first results are in: the notes on what was decided are worth reading now
             if bar is not None:
                 bar.update(1)
     if bar is not None:
@@ -153,11 +171,26 @@ def _check_same_settings(out: Path, settings: Any) -> None:
     current = json.loads(json.dumps(asdict(settings)))
     if record.exists() and (out / RESULTS).exists():
         previous = json.loads(record.read_text(encoding="utf-8"))
-        if previous != current:
-            changed = sorted(k for k in current if previous.get(k) != current[k])
+        changed = _changed(previous, current)
+        if changed:
             raise InputError(f"{out} holds results computed with other settings ({', '.join(changed)}): "
                              "choose another --out, or delete its results.jsonl to start again")
     record.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
+
+
+def _changed(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The settings that differ, a nested one by its field (``preprocessing.mean``)."""
+    changed = []
+    for key in sorted(current.keys() | previous.keys()):
+        old, new = previous.get(key), current.get(key)
+        if key in NOT_IN_RESULTS or old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            fields = sorted(old.keys() | new.keys())
+            changed += [f"{key}.{field}" for field in fields if old.get(field) != new.get(field)]
+        else:
+            changed.append(key)
+    return changed
 
 
 def _progress(total: int, quiet: bool) -> Any:

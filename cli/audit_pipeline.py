@@ -7,8 +7,12 @@ row of results and the saliency map. The local engine and the Ray engine both ca
 SmoothGrad's noise is seeded from ``--seed`` and the image's name, not its position: both engines give
 the same rows to the bit.
 
-The map is ``to_saliency_map(attributions, sign=sign, normalize=None)`` (Grad-CAM's map as it is), then
-resized bilinearly from the model's input size to the image's own size, where the masks live.
+Images are preprocessed exactly as ``gradsal explain`` does it (:func:`.inputs.prepare_image` with the
+resolved :class:`~.preprocess.Preprocessing` the settings carry; a channels-last model wrapped by
+:func:`.commands.with_preprocessing`). The map is ``to_saliency_map(attributions, sign=sign,
+normalize=None)`` (Grad-CAM's map as it is) on the model's canvas, carried back onto the image's own
+pixels, where the masks live, by the placement's inverse (:meth:`~.preprocess.Placement.to_original`):
+a crop or letterbox is undone, and pixels that a crop cut away get 0.
 """
 
 from __future__ import annotations
@@ -25,11 +29,19 @@ from typing import Any
 import numpy as np
 
 from .. import core
-from ..core.attribution import resize_linear
 from ..core.errors import GradsalError, InputError, MissingDependencyError
-from .commands import attribution_function, resolve_targets
-from .inputs import IMAGE_SUFFIXES, expand_inputs, load_model, read_image
-from .preprocess import Preprocessing
+from . import preprocess
+from .commands import attribution_function, resolve_targets, with_preprocessing
+from .images import DEFAULT_MAX_PIXELS
+from .inputs import (
+    IMAGE_SUFFIXES,
+    LoadedModel,
+    expand_inputs,
+    load_model,
+    prepare_image,
+    read_constant_inputs,
+)
+from .preprocess import Placement, Preprocessing
 
 METRICS = ("mass_accuracy", "rank_accuracy", "pointing_game", "energy_pointing_game", "forbidden_share")
 MASK_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
@@ -38,7 +50,13 @@ NPY_MAGIC = b"\x93NUMPY"
 
 @dataclass(frozen=True)
 class AuditSettings:
-    """Everything a worker needs to build its backend and explain an image (small and picklable)."""
+    """Everything a worker needs to build its backend and explain an image (small and picklable).
+
+    ``preprocessing``: how images become the model's input, resolved once by the caller (the command
+    line resolves it from the model, its preprocessing file, ``--preset`` and the flags, as ``explain``
+    does); None: what the model declares and its ``MODEL.preprocess.json``, if any. ``constant_inputs``:
+    ``NAME=FILE.npy`` as ``--constant-input`` takes them (paths every worker can read).
+    """
 
     model: str
     method: str = "vanilla"
@@ -50,10 +68,12 @@ class AuditSettings:
     noise: float = 0.15
     steps: int = 50
     seed: int = 0
-    size: tuple[int, int] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
     sign: str = "abs"
+    input_name: str | None = None
+    constant_inputs: tuple[str, ...] = ()
+    model_class: str | None = None
+    preprocessing: Preprocessing | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def method_arguments(self) -> argparse.Namespace:
         """The fields :func:`attribution_function` reads, one image per backend call."""
@@ -97,7 +117,7 @@ class Auditor:
     def __init__(self, settings: AuditSettings) -> None:
         self.settings = settings
         self.explain = attribution_function(settings.method_arguments())
-        self.model = load_model(settings.model, output_name=settings.output_name)
+        self.model = open_audit_model(settings)
 
     def audit(self, record: AuditRecord) -> tuple[dict[str, Any], np.ndarray]:
         """The row (image, group, predicted, target, score and the metrics) and the map at the image's size."""
@@ -107,7 +127,9 @@ class Auditor:
             raise type(exc)(f"image {record.name}: {exc}") from exc
 
     def _audit(self, record: AuditRecord) -> tuple[dict[str, Any], np.ndarray]:
-        x, image_hw = self._input(record.image)
+        image = prepare_image(io.BytesIO(record.image), self.model.preprocessing,  # type: ignore[arg-type]
+                              max_pixels=self.settings.max_pixels)
+        x, image_hw = image.array[None], (image.picture.shape[0], image.picture.shape[1])
         mask = decode_mask(record.mask, image_hw, f"the mask of image {record.name}")
         forbidden = None if record.forbidden is None else \
             decode_mask(record.forbidden, image_hw, f"the forbidden mask of image {record.name}")
@@ -115,7 +137,7 @@ class Auditor:
         labels = list(self.settings.labels) if self.settings.labels else None
         targets = resolve_targets(self.settings.target, outputs, labels)
         attributions = self.explain(self.model.backend, x, targets, name_offset(record.name))
-        saliency = self._map(attributions, image_hw)
+        saliency = self._map(attributions, image.placement)
         flat = outputs.reshape(1, -1)
         row: dict[str, Any] = {
             "image": record.name, "group": record.group, "predicted": int(flat[0].argmax()),
@@ -124,40 +146,24 @@ class Auditor:
         row.update(core.localisation_metrics(saliency, mask, forbidden))
         return row, saliency
 
-    def _input(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
-        """The preprocessed image ``(1, C, H, W)`` and the file's own ``(H, W)``."""
-        channels, height, width = self.model.input_chw
-        settings = self.settings
-        size = settings.size or ((height, width) if height and width else None)
-        try:
-            image = read_image(io.BytesIO(data), size, channels)  # type: ignore[arg-type]
-        except InputError as exc:  # its message would show a BytesIO; the caller names the file
-            raise InputError("cannot read the image: not a format pillow reads, or a damaged file") from exc
-        original_hw = image_size(data) if size is not None else image.shape[:2]
-        prep = Preprocessing(mean=tuple(settings.mean) if settings.mean else None,
-                             std=tuple(settings.std) if settings.std else None)
-        return prep.to_model_values(image)[None], (int(original_hw[0]), int(original_hw[1]))
-
-    def _map(self, attributions: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    def _map(self, attributions: np.ndarray, placement: Placement) -> np.ndarray:
+        """The map on the image's own pixels: what a crop cut away is 0, a letterbox's padding is dropped."""
         if self.settings.method == "gradcam":
             maps = np.asarray(attributions, dtype=np.float64)
         else:
             maps = core.to_saliency_map(attributions, sign=self.settings.sign, normalize=None).astype(np.float64)
-        if maps.shape[1:] != image_hw:
-            maps = resize_linear(maps, image_hw)
-        return maps[0]
-
-    def display(self, data: bytes) -> np.ndarray:
-        """The image as float (H, W, C) in [0, 1] at its own size, for overlays."""
-        return read_image(io.BytesIO(data), None, self.model.input_chw[0])  # type: ignore[arg-type]
+        return placement.to_original(maps[0])
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """``(H, W)`` of an encoded image, read from its header."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        return img.height, img.width
+def open_audit_model(settings: AuditSettings) -> LoadedModel:
+    """The backend the settings name, fed by their preprocessing (wrapped when it is channels-last)."""
+    model = load_model(settings.model, output_name=settings.output_name, input_name=settings.input_name,
+                       constant_inputs=read_constant_inputs(list(settings.constant_inputs)),
+                       model_class=settings.model_class)
+    prep = settings.preprocessing
+    if prep is None:
+        prep = preprocess.choose(model.input_shape, model.path)[0]
+    return with_preprocessing(model, prep)
 
 
 def decode_mask(data: bytes, image_hw: tuple[int, int], what: str) -> np.ndarray:

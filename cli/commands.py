@@ -101,11 +101,16 @@ def open_model(args: argparse.Namespace, *, quiet: bool | None = None) -> Loaded
     json_path = Path(args.preprocess) if args.preprocess else None
     prep, notes = preprocess.choose(model.input_shape, model.path, json_path=json_path, preset=args.preset,
                                     overrides=overrides)
-    if prep.layout == "NHWC":
-        model = replace(model, backend=ChannelsLast(model.backend))
     for remark in notes:
         note(remark, quiet=getattr(args, "quiet", False) if quiet is None else quiet)
-    return replace(model, preprocessing=prep, notes=tuple(notes))
+    return replace(with_preprocessing(model, prep), notes=tuple(notes))
+
+
+def with_preprocessing(model: LoadedModel, prep: preprocess.Preprocessing) -> LoadedModel:
+    """``model`` fed by ``prep``: a channels-last model wrapped so that everything else works in NCHW."""
+    if prep.layout == "NHWC":
+        model = replace(model, backend=ChannelsLast(model.backend))
+    return replace(model, preprocessing=prep)
 
 
 def size_flag(values: list[str] | None) -> tuple[int | None, int | None] | None:

@@ -13,9 +13,11 @@ decoded (a small file can declare a huge image: a decompression bomb).
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -43,18 +45,19 @@ def _pillow():
     return Image, ImageOps
 
 
-def read_image_file(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageRead:
+def read_image_file(path: Path | BinaryIO, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageRead:
     """The pixels of the image file at ``path`` (or an open binary file) scaled to [0, 1] by their real range
     (see the module doc)."""
     Image, ImageOps = _pillow()
     name = getattr(path, "name", "the image")  # an in-memory file (the audit's Ray engine) has no name
+    where = f"image {path}" if isinstance(path, (str, os.PathLike)) else "the image"  # not a BytesIO's repr
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # ours (max_pixels) replaces pillow's
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
         with img:
-            _check_size(path, img.width, img.height, max_pixels)  # from the header, before decoding
+            _check_size(where, img.width, img.height, max_pixels)  # from the header, before decoding
             notes = []
             frames = getattr(img, "n_frames", 1)
             if frames > 1:
@@ -66,7 +69,9 @@ def read_image_file(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
     except InputError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from exc
+        unnamed = where == "the image" and isinstance(exc, Image.UnidentifiedImageError)  # it shows the repr
+        reason = "not a format pillow reads, or a damaged file" if unnamed else exc
+        raise InputError(f"cannot read {where}: {reason}") from exc
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     if note:
@@ -74,10 +79,10 @@ def read_image_file(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
     return ImageRead(pixels, tuple(notes))
 
 
-def _check_size(path: Path, width: int, height: int, max_pixels: int | None) -> None:
+def _check_size(where: str, width: int, height: int, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
         raise InputError(
-            f"image {path} declares {width} x {height} = {width * height} pixels, more than the limit of "
+            f"{where} declares {width} x {height} = {width * height} pixels, more than the limit of "
             f"{max_pixels} (a file this size could exhaust memory); pass --max-pixels {width * height} if you "
             "trust it"
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -192,18 +192,38 @@ def prepare_samples(paths: list[Path], prep: Preprocessing, *, max_pixels: int |
         if path.suffix.lower() == ".npy":
             samples.append(_array_sample(path, prep))
             continue
-        read = read_image_file(path, max_pixels=max_pixels)
-        notes.extend(read.notes)
-        picture = with_channels(read.pixels, prep.channels)
-        canvas, placement = place(picture, prep)
-        display, placement = _for_display(picture, placement)
-        samples.append(Sample(path.stem, prep.to_model_values(canvas), display, placement))
+        image = prepare_image(path, prep, max_pixels=max_pixels)
+        notes.extend(image.notes)
+        display, placement = _for_display(image.picture, image.placement)
+        samples.append(Sample(path.stem, image.array, display, placement))
     shapes = {s.array.shape for s in samples}
     if same_shape and len(shapes) > 1:
         raise InputError(
             f"inputs have different shapes {sorted(shapes)}; pass --size H W to resize images to one size"
         )
     return samples, _grouped(notes)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image file as the model takes it (``array``, (C, H, W)), the picture it came from at its own
+    size (``picture``, (h, w, C) in [0, 1] with the model's channel count), where that picture sits on the
+    model's canvas (``placement``: maps come back with ``placement.to_original``) and the reader's notes."""
+
+    array: np.ndarray
+    picture: np.ndarray
+    placement: Placement
+    notes: tuple[str, ...] = ()
+
+
+def prepare_image(file: Path | BinaryIO, prep: Preprocessing, *,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PreparedImage:
+    """Read an image file (a path or an open binary file) and preprocess it by ``prep``: channels, placement
+    on the canvas, then the model's values (see :mod:`.preprocess`)."""
+    read = read_image_file(file, max_pixels=max_pixels)  # type: ignore[arg-type]
+    picture = with_channels(read.pixels, prep.channels)
+    canvas, placement = place(picture, prep)
+    return PreparedImage(prep.to_model_values(canvas), picture, placement, read.notes)
 
 
 def _array_sample(path: Path, prep: Preprocessing) -> Sample:

@@ -2,10 +2,12 @@
 
 Each actor builds one :class:`~gradsal.cli.audit_pipeline.Auditor` and calls the same per-image
 :meth:`~gradsal.cli.audit_pipeline.Auditor.audit` as the local engine, so the rows are the local
-engine's to the bit; only their order differs. On a cluster of N machines with ``workers`` actors
-spread over them, N machines explain N times the images (each image is independent). The model file and
-the mask files must be readable at the same paths on every node (shared storage); the images are read
-by ``ray.data`` (any filesystem it supports).
+engine's to the bit; only their order differs. The settings carry the preprocessing already resolved
+(preset, flags, ``MODEL.preprocess.json``, layout), so every actor feeds its images as the driver
+decided. On a cluster of N machines with ``workers`` actors spread over them, N machines explain N times
+the images (each image is independent). The model file, any ``--constant-input`` files and the mask files
+must be readable at the same paths on every node (shared storage); the images are read by ``ray.data``
+(any filesystem it supports).
 
 A user's own dataset needs the columns ``name`` (str), ``image`` and ``mask`` (encoded file bytes:
 PNG, JPEG, ...; a mask may also be ``.npy`` bytes), and optionally ``forbidden`` (bytes or None) and

@@ -202,3 +202,163 @@ def test_groups_table_errors_are_one_line(shortcut: tuple[Path, dict[str, Path],
     assert main([*audit_args(model, paths, tmp_path / "b"), "--group-column", "site"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no column 'site'" in err and "--group-column" in err
+
+
+# ------------------------------------------------------------------ the explain path's preprocessing
+# Linear ONNX models built here (Flatten -> MatMul): the gradient of logit c is column c of the weights,
+# so gradient x input and the model's scores are computed by hand from the weights and onnxruntime.
+def linear_onnx(path: Path, input_shape: list, n_features: int, seed: int) -> tuple[Path, np.ndarray]:
+    """``image`` of ``input_shape`` -> Flatten -> MatMul (n_features, 4) -> ``logits``; the weights."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(seed).normal(size=(n_features, 4)).astype(np.float32)
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    graph = helper.make_graph(nodes, path.stem, [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                               input_shape)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+                              [numpy_helper.from_array(weights, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path, weights
+
+
+def write_images(root: Path, pictures: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict[str, Path]:
+    """PNG images (uint8, grey or RGB) and PNG masks under ``root``."""
+    from PIL import Image
+
+    paths = {"images": root / "images", "masks": root / "masks"}
+    for folder in paths.values():
+        folder.mkdir(parents=True)
+    for name, picture in pictures.items():
+        Image.fromarray(picture).save(paths["images"] / name)
+        Image.fromarray(masks[name].astype(np.uint8) * 255).save(paths["masks"] / name)
+    return paths
+
+
+def run_audit(model: Path, paths: dict[str, Path], out: Path, *extra: str) -> dict[str, dict]:
+    assert main(["audit", str(model), str(paths["images"]), "--masks", str(paths["masks"]), "--method",
+                 "gradxinput", "--bootstrap", "20", "--quiet", "--out", str(out), *extra]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    return {row["image"]: row for row in rows}
+
+
+def onnx_logits(model: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": x.astype(np.float32)})[0][0]
+
+
+def assert_row_is(row: dict, out: Path, logits: np.ndarray, saliency: np.ndarray, mask: np.ndarray) -> None:
+    """The row and the saved map against a hand computation (map on the image's own pixels)."""
+    target = int(logits.argmax())
+    assert row["predicted"] == row["target"] == target
+    assert row["score"] == pytest.approx(float(logits[target]), rel=1e-6)
+    assert row["mass_accuracy"] == pytest.approx(saliency[mask].sum() / saliency.sum(), rel=1e-5, abs=1e-9)
+    saved = np.load(out / "maps" / f"{row['image']}.npy").astype(np.float64)
+    np.testing.assert_allclose(saved, saliency / saliency.max(), atol=1e-3)
+
+
+@pytest.mark.parametrize("declared, flags", [(["batch", 12, 10, 3], []),  # channels-last read from the shape
+                                             (["batch", "h", "w", "c"], ["--layout", "NHWC"])])
+def test_a_channels_last_caffe_model(tmp_path: Path, declared: list, flags: list[str]) -> None:
+    """An NHWC model fed BGR in [0, 255] minus Caffe's means (--preset caffe-bgr), as the user asked."""
+    model, weights = linear_onnx(tmp_path / "nhwc.onnx", declared, 12 * 10 * 3, seed=1)
+    rng = np.random.default_rng(2)
+    pictures = {f"{i}.png": rng.integers(0, 256, (12, 10, 3), dtype=np.uint8) for i in range(3)}
+    masks = {name: np.pad(np.ones((5, 4), dtype=bool), ((i, 7 - i), (2 * i, 6 - 2 * i)))
+             for i, name in enumerate(pictures)}
+    rows = run_audit(model, write_images(tmp_path, pictures, masks), tmp_path / "out", "--preset", "caffe-bgr",
+                     *flags)
+    assert len(rows) == 3
+    for name, picture in pictures.items():
+        x = picture[:, :, ::-1].astype(np.float64) - np.array([104.0, 117.0, 123.0])  # BGR, 0..255, minus means
+        logits = onnx_logits(model, x[None])
+        column = weights[:, int(logits.argmax())].astype(np.float64).reshape(12, 10, 3)  # NHWC's flatten order
+        saliency = np.abs(column * x).max(axis=2)
+        assert_row_is(rows[name], tmp_path / "out", logits, saliency, masks[name])
+
+
+def test_preset_mean_and_std_give_onnxruntimes_score(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--preset inception ([-1, 1]) with --mean / --std on top; a restart with another --std is refused."""
+    model, weights = linear_onnx(tmp_path / "nchw.onnx", ["batch", 3, 8, 8], 3 * 8 * 8, seed=3)
+    rng = np.random.default_rng(4)
+    pictures = {f"{i}.png": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for i in range(3)}
+    masks = {name: np.eye(8, dtype=bool) for name in pictures}
+    paths = write_images(tmp_path, pictures, masks)
+    flags = ["--preset", "inception", "--resize", "stretch", "--mean", "0.1", "0.2", "0.3", "--std", "0.5", "0.6",
+             "0.7"]
+    rows = run_audit(model, paths, tmp_path / "out", *flags)
+    mean, std = np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.6, 0.7])
+    for name, picture in pictures.items():
+        x = ((-1.0 + 2.0 * picture / 255.0 - mean) / std).transpose(2, 0, 1)
+        logits = onnx_logits(model, x[None])
+        column = weights[:, int(logits.argmax())].astype(np.float64).reshape(3, 8, 8)
+        assert_row_is(rows[name], tmp_path / "out", logits, np.abs(column * x).max(axis=0), masks[name])
+    assert main(["audit", str(model), str(paths["images"]), "--masks", str(paths["masks"]), "--method",
+                 "gradxinput", "--quiet", "--out", str(tmp_path / "out"), *flags[:-1], "0.8"]) == 2
+    assert "other settings (preprocessing.std)" in capsys.readouterr().err
+
+
+def test_a_centre_crop_maps_back_onto_the_images_own_pixels(tmp_path: Path) -> None:
+    """8x16 grey images, an 8x8 model, --resize crop: the canvas shows columns 4..11 (no resampling), so the
+    map there is the canvas map pixel for pixel and the columns cut away are 0."""
+    model, weights = linear_onnx(tmp_path / "grey.onnx", ["batch", 1, 8, 8], 64, seed=5)
+    rng = np.random.default_rng(6)
+    pictures = {"seen.png": rng.integers(1, 256, (8, 16), dtype=np.uint8),
+                "cut.png": rng.integers(1, 256, (8, 16), dtype=np.uint8)}
+    seen, cut = np.zeros((8, 16), dtype=bool), np.zeros((8, 16), dtype=bool)
+    seen[:, 4:8] = True  # inside the crop
+    cut[:, :4] = True  # cut away by the crop
+    rows = run_audit(model, write_images(tmp_path, pictures, {"seen.png": seen, "cut.png": cut}), tmp_path / "out",
+                     "--resize", "crop")
+    for name, picture in pictures.items():
+        x = picture[:, 4:12] / 255.0
+        logits = onnx_logits(model, x[None, None])
+        column = weights[:, int(logits.argmax())].astype(np.float64).reshape(8, 8)
+        saliency = np.zeros((8, 16))
+        saliency[:, 4:12] = np.abs(column * x)
+        mask = seen if name == "seen.png" else cut
+        assert_row_is(rows[name], tmp_path / "out", logits, saliency, mask)
+    assert rows["cut.png"]["mass_accuracy"] == 0 and rows["cut.png"]["pointing_game"] == 0
+
+
+def test_settings_travel_to_a_new_worker(tmp_path: Path) -> None:
+    """AuditSettings with a resolved Preprocessing survive pickling (Ray sends them to its actors) and a fresh
+    Auditor built from the copy gives the command line's row."""
+    import pickle
+
+    from gradsal.cli.audit import row_to_json
+    from gradsal.cli.audit_pipeline import AuditItem, Auditor, AuditSettings
+    from gradsal.cli.preprocess import PRESETS, Preprocessing
+
+    model, _ = linear_onnx(tmp_path / "nhwc.onnx", ["batch", 12, 10, 3], 12 * 10 * 3, seed=1)
+    picture = np.random.default_rng(7).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    mask = np.zeros((12, 10), dtype=bool)
+    mask[3:9, 2:6] = True
+    paths = write_images(tmp_path, {"a.png": picture}, {"a.png": mask})
+    row = run_audit(model, paths, tmp_path / "out", "--preset", "caffe-bgr")["a.png"]
+    prep = Preprocessing(layout="NHWC", channels=3, size=(12, 10), **PRESETS["caffe-bgr"])
+    settings = AuditSettings(model=str(model), method="gradxinput", preprocessing=prep)
+    copy = pickle.loads(pickle.dumps(settings))
+    assert copy == settings
+    record = AuditItem(paths["images"] / "a.png", paths["masks"] / "a.png", None, "all").load()
+    assert json.loads(row_to_json(Auditor(copy).audit(record)[0])) == row
+
+
+def test_max_pixels_and_a_damaged_image_are_one_line_naming_the_image(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    model, _ = linear_onnx(tmp_path / "nchw.onnx", ["batch", 3, 8, 8], 3 * 8 * 8, seed=3)
+    picture = np.random.default_rng(8).integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    paths = write_images(tmp_path, {"big.png": picture}, {"big.png": np.ones((8, 10), dtype=bool)})
+    args = ["audit", str(model), str(paths["images"]), "--masks", str(paths["masks"]), "--quiet"]
+    assert main([*args, "--max-pixels", "79", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "image big.png: the image declares 10 x 8 = 80 pixels" in err
+    assert "--max-pixels 80" in err
+    (paths["images"] / "big.png").write_bytes(b"\x89PNG not really")
+    assert main([*args, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "image big.png: cannot read the image: not a format pillow reads" in err

@@ -76,3 +76,27 @@ def test_ddddocr_keeps_its_aspect_at_height_64(tmp_path: Path, capsys) -> None:
     status, _, err = run(capsys, "explain", model, tmp_path / "line.png", "--out", tmp_path / "out")
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and "not one row per input" in lines[0], err
+
+
+def test_the_audit_of_open_nsfw_scores_as_explain_does(tmp_path: Path, capsys) -> None:
+    """The motivating case: a channels-last Caffe port audited with --preset caffe-bgr, on a photo that is
+    not at the model's size (--resize crop), gives explain's prediction and score."""
+    model = real_model("open_nsfw.onnx")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "masks").mkdir()
+    photo(tmp_path / "photos" / "photo.png", (260, 300))
+    np.save(tmp_path / "masks" / "photo.npy", np.ones((260, 300), dtype=bool))
+    flags = ["--preset", "caffe-bgr", "--resize", "crop", "--output-name", "4195"]
+    status, _, err = run(capsys, "explain", model, tmp_path / "photos" / "photo.png", *flags, "--format", "json",
+                         "--out", tmp_path / "explained")
+    assert status == 0, err
+    status, _, err = run(capsys, "audit", model, tmp_path / "photos", "--masks", tmp_path / "masks", *flags,
+                         "--bootstrap", "10", "--out", tmp_path / "audited")
+    assert status == 0, err
+    assert "channels last: images are fed as NHWC" in err
+    explained = json.loads((tmp_path / "explained" / "summary.json").read_text(encoding="utf-8"))[0]
+    audited = json.loads((tmp_path / "audited" / "results.jsonl").read_text(encoding="utf-8"))
+    assert audited["predicted"] == explained["predicted"]
+    assert audited["score"] == explained["score"]
+    saliency = np.load(tmp_path / "audited" / "maps" / "photo.png.npy")
+    assert saliency.shape == (260, 300) and not saliency[:, :20].any() and not saliency[:, -20:].any()  # cropped

@@ -65,14 +65,18 @@ def audit_args(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
 
 def test_the_ray_engine_gives_the_local_results_to_the_bit(cluster: object, data: dict[str, Path],
                                                              tmp_path: Path) -> None:
-    assert main(audit_args(data, tmp_path / "local")) == 0
-    assert main(audit_args(data, tmp_path / "ray", "--engine", "ray", "--workers", "2")) == 0
+    """With preprocessing flags, which every actor must rebuild from the settings (a crop, [-1, 1], a std)."""
+    preprocessing = ["--resize", "crop", "--crop-fraction", "0.875", "--pixel-range", "-1", "1", "--std", "0.9"]
+    assert main(audit_args(data, tmp_path / "local", *preprocessing)) == 0
+    assert main(audit_args(data, tmp_path / "ray", "--engine", "ray", "--workers", "2", *preprocessing)) == 0
     local = (tmp_path / "local" / "results.jsonl").read_text(encoding="utf-8").splitlines()
     scaled = (tmp_path / "ray" / "results.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(local) == N_IMAGES and sorted(local) == sorted(scaled)  # rows arrive in any order
     for row in map(json.loads, local):
         name = f"{row['image']}.npy"
         assert (tmp_path / "local" / "maps" / name).read_bytes() == (tmp_path / "ray" / "maps" / name).read_bytes()
+        # the 40x36 image scaled to 41x37 and cropped to 32x32: its top and bottom rows are cut away
+        assert not np.load(tmp_path / "ray" / "maps" / name)[[0, -1]].any()
     assert (tmp_path / "local" / "summary.json").read_bytes() == (tmp_path / "ray" / "summary.json").read_bytes()
 
 
