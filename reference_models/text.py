@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import MissingDependencyError
-from .zoo import Format, _check_format, data_path
+from .zoo import Format, _check_format, data_path, load_torch_module
 
 TEXT_MODEL = "text_classifier"
 
@@ -39,13 +38,4 @@ def load_text_classifier(format: Format = "torch") -> Any:
     entry = text_metadata()
     if _check_format(format) == "onnx":
         return data_path(entry["onnx"])
-    try:
-        import torch
-
-        from .architectures import TextClassifier
-    except ImportError as exc:
-        raise MissingDependencyError("loading the text classifier as torch needs PyTorch: pip install "
-                                     "'gradsal[torch]' (or use format='onnx')") from exc
-    module = TextClassifier(**entry["kwargs"])
-    module.load_state_dict(torch.load(data_path(entry["state_dict"]), map_location="cpu", weights_only=True))
-    return module.eval()
+    return load_torch_module("TextClassifier", entry["kwargs"], entry["state_dict"])

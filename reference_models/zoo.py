@@ -88,6 +88,11 @@ def load_model(name: str, format: Format = "torch") -> Any:
     entry = metadata(name)
     if _check_format(format) == "onnx":
         return data_path(entry["onnx"])
+    return load_torch_module(entry["architecture"], entry["kwargs"], entry["state_dict"])
+
+
+def load_torch_module(architecture: str, kwargs: dict[str, Any], state_dict: str) -> Any:
+    """``architectures.<architecture>(**kwargs)`` with the shipped ``state_dict`` file loaded, in eval mode."""
     try:
         import torch
 
@@ -95,9 +100,8 @@ def load_model(name: str, format: Format = "torch") -> Any:
     except ImportError as exc:
         raise MissingDependencyError("loading a reference model as torch needs PyTorch: pip install "
                                      "'gradsal[torch]' (or use format='onnx')") from exc
-    module = getattr(architectures, entry["architecture"])(**entry["kwargs"])
-    state = torch.load(data_path(entry["state_dict"]), map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
+    module = getattr(architectures, architecture)(**kwargs)
+    module.load_state_dict(torch.load(data_path(state_dict), map_location="cpu", weights_only=True))
     return module.eval()
 
 
