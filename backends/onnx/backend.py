@@ -54,6 +54,7 @@ from ...core.errors import (
     UnsupportedOperatorError,
 )
 from . import _model_io as io
+from ._constant_inputs import checked_constant
 
 RELU_RULES = ("standard", "guided", "deconvnet")
 FALLBACKS = (None, "finite_differences")
@@ -594,8 +595,7 @@ def _fold_constant_inputs(proto: Any, constant_inputs: Mapping[str, Any], input_
                 f"constant_inputs names {name!r}, which is not another input of {label}; its inputs are "
                 f"{', '.join(io.describe_input(vi) for vi in inputs.values())}."
             )
-        dtype = io.declared_dtype(inputs[name])
-        array = np.asarray(value, dtype=dtype)
+        array = checked_constant(value, inputs[name], label)
         proto.graph.initializer.append(numpy_helper.from_array(array, name))
         kept = [vi for vi in proto.graph.input if vi.name != name]
         del proto.graph.input[:]
