@@ -27,6 +27,7 @@ import numpy as np
 
 from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
 from . import _rules
+from ._quantised import refuse_quantisation
 
 COTANGENT_NAME = "gradsal_cotangent"
 TANGENT_NAME = "gradsal_tangent"
@@ -262,16 +263,35 @@ def _differentiable_inputs(node: Any) -> list[int]:
     return [i for i in positions if node.input[i]]
 
 
+def _outer_reads(node: Any) -> list[str]:
+    """The outer-scope tensors that a node's subgraphs (If branches, Loop and Scan bodies) read."""
+    names: list[str] = []
+    for attribute in node.attribute:
+        for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+            local = ({vi.name for vi in sub.input} | {t.name for t in sub.initializer}
+                     | {name for n in sub.node for name in n.output})
+            read = [name for n in sub.node for name in (*n.input, *_outer_reads(n)) if name]
+            names.extend(name for name in read if name not in local)
+    return names
+
+
+def _gradient_reads(node: Any) -> list[str]:
+    """The tensors through which gradient may reach a node's outputs: its differentiable inputs and what
+    its subgraphs read from the outer scope (so a branch computed from x puts its If on the path, where
+    the If's rule, or its absence, decides, instead of a false "does not depend")."""
+    return [node.input[i] for i in _differentiable_inputs(node)] + _outer_reads(node)
+
+
 def _path(graph: Any, source: str, output: str) -> set[str]:
     """Tensors that depend differentiably on ``source`` and that ``output`` depends on differentiably."""
     forward = {source}
     for node in graph.node:
-        if any(node.input[i] in forward for i in _differentiable_inputs(node)):
+        if any(name in forward for name in _gradient_reads(node)):
             forward.update(name for name in node.output if name)
     backward = {output}
     for node in reversed(graph.node):
         if any(name in backward for name in node.output):
-            backward.update(node.input[i] for i in _differentiable_inputs(node))
+            backward.update(_gradient_reads(node))
     return forward & backward
 
 
@@ -498,7 +518,7 @@ def _require_rule(node: Any, opset: int, mode: str) -> Any:
 def _on_path_nodes(graph: Any, on_path: set[str]) -> list[Any]:
     return [
         node for node in graph.node
-        if any(node.input[i] in on_path for i in _differentiable_inputs(node))
+        if any(name in on_path for name in _gradient_reads(node))
         and any(name in on_path for name in node.output)
     ]
 
@@ -604,6 +624,7 @@ def build_gradient_model(
             raise ModelError(f"the model has no tensor named {name!r}.")
     if mode == "jvp" and source != input_name:
         raise ModelError("forward mode differentiates with respect to the model input only.")
+    refuse_quantisation(graph, source, output_name, _reads, opset)
     on_path = _path(graph, source, output_name)
     float_dtype = probe.dtypes.get(source, np.dtype(np.float32))
     taken = {name for node in graph.node for name in (*node.input, *node.output)}

@@ -172,6 +172,7 @@ class OnnxBackend:
         input_vi = _choose_input(graph, input_name, label, constant_inputs)
         if constant_inputs:
             _fold_constant_inputs(proto, constant_inputs, input_vi.name, label)
+        self._folded_constants = bool(constant_inputs)
         self._input_name = input_vi.name
         self._input_shape = io.declared_shape(input_vi)
         dtype = io.declared_dtype(input_vi)
@@ -267,7 +268,7 @@ class OnnxBackend:
         x = self._check_x(x)
         results = self._gradient(x, "vjp", None, cotangent, "VJP")
         if results is None:
-            return self._numeric().vjp(x, cotangent)
+            return self._numeric(x).vjp(x, cotangent)
         output, grad = results
         return io.as_result(output), io.as_result(grad)
 
@@ -276,7 +277,7 @@ class OnnxBackend:
         x = self._check_x(x)
         results = self._gradient(x, "jvp", None, tangent, "JVP")
         if results is None:
-            return self._numeric().jvp(x, tangent)
+            return self._numeric(x).jvp(x, tangent)
         output, product = results
         return io.as_result(output), io.as_result(product)
 
@@ -334,6 +335,7 @@ class OnnxBackend:
         twin._setup(proto, f"{self._shared.label} (randomised {', '.join(names)})", self._shared.settings,
                     self._input_name, self._output_name, False, None)
         twin._relu_rule = self._relu_rule
+        twin._folded_constants = self._folded_constants
         return twin
 
     # ---------------------------------------------------------------------------------------- internals
@@ -480,10 +482,12 @@ class OnnxBackend:
                 f"onnxruntime failed running the {what} of {self._shared.label} (fed {fed}): {_message(exc)}"
             ) from exc
 
-    def _numeric(self) -> Any:
+    def _numeric(self, x: np.ndarray) -> Any:
         from ..numpy import FunctionBackend
 
         batch = self._input_shape[0] if self._input_shape else None
+        if not isinstance(batch, int) and self._folded_constants and x.ndim:
+            batch = x.shape[0]  # a constant input (a recurrent state) may be sized for x's batch only
         return FunctionBackend(self._forward_in_batches_of(batch) if isinstance(batch, int) else self.forward)
 
     def _forward_in_batches_of(self, batch: int) -> Any:

@@ -222,3 +222,57 @@ def test_onnxruntime_itself_reads_a_sparse_constant_from_the_cwd(tmp_path: Path,
                                    providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"x": np.zeros(4, np.float32)})
     np.testing.assert_array_equal(y, [0.0, 5.0, 0.0, 7.0])
+
+
+# ------------------------------------------------------------------------------------------- quantised
+def _dynamically_quantised_matmul() -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.array([[3, 200], [17, 90], [128, 40]], np.uint8), "w")
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+        helper.make_node("MatMulInteger", ["xq", "w", "xz", "wz"], ["acc"]),
+        helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["xs", "ws"], ["scale"]),
+        helper.make_node("Mul", ["accf", "scale"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "dq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+                              [weight, numpy_helper.from_array(np.array(128, np.uint8), "wz"),
+                               numpy_helper.from_array(np.array(0.01, np.float32), "ws")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_a_quantised_model_is_refused_naming_the_quantisation() -> None:
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    backend = OnnxBackend(_dynamically_quantised_matmul())
+    assert backend.forward(x).shape == (2, 2)
+    with pytest.raises(gs.UnsupportedOperatorError, match="the model is quantised: DynamicQuantizeLinear, "
+                                                          "MatMulInteger") as info:
+        backend.vjp(x, np.ones((2, 2), np.float32))
+    assert "float side" not in str(info.value)
+    with pytest.raises(gs.UnsupportedOperatorError, match="quantised"):
+        backend.jvp(x, np.ones((2, 3), np.float32))
+
+
+# ------------------------------------------------------------------------------------ subgraph reads
+def _if_reading_the_outer_scope() -> onnx.ModelProto:
+    # y = If(flag, then: tanh(h), else: -h) with h = 2 x computed outside the branches
+    then_branch = helper.make_graph([helper.make_node("Tanh", ["h"], ["t"])], "then", [],
+                                    [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    else_branch = helper.make_graph([helper.make_node("Neg", ["h"], ["e"])], "else", [],
+                                    [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Add", ["x", "x"], ["h"]),
+             helper.make_node("If", ["flag"], ["y"], then_branch=then_branch, else_branch=else_branch)]
+    graph = helper.make_graph(nodes, "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+                              [numpy_helper.from_array(np.array(True), "flag")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_branch_reading_x_from_the_outer_scope_is_not_called_independent() -> None:
+    x = RNG.standard_normal((1, 3)).astype(np.float32)
+    with pytest.raises(gs.UnsupportedOperatorError, match="If node"):
+        OnnxBackend(_if_reading_the_outer_scope()).vjp(x, np.ones((1, 3), np.float32))
+    backend = OnnxBackend(_if_reading_the_outer_scope(), fallback="finite_differences")
+    with pytest.warns(Warning, match="finite-difference"):
+        _, grad = backend.vjp(x, np.ones((1, 3), np.float32))
+    np.testing.assert_allclose(grad, 2 * (1 - np.tanh(2 * x) ** 2), rtol=2e-2, atol=2e-3)  # d tanh(2x)/dx
