@@ -54,6 +54,7 @@ from ...core.errors import (
     UnsupportedOperatorError,
 )
 from . import _model_io as io
+from . import _output_layout as layout
 from ._constant_inputs import checked_constant
 
 RELU_RULES = ("standard", "guided", "deconvnet")
@@ -129,7 +130,10 @@ class OnnxBackend:
     onnxruntime execution providers (default CPU; ``"cuda"`` for the GPU). ``fallback``:
     ``"finite_differences"`` to differentiate numerically when an operator has no rule.
     ``session_options``: an ``onnxruntime.SessionOptions`` used for every session. ``explain_logits``:
-    explain a final Softmax's input (see the module docstring).
+    explain a final Softmax's input (see the module docstring). ``constant_inputs``: values for the other
+    inputs (checked against their declared shapes and dtypes). ``output_batch_axis``: the explained output's
+    batch axis when it is not the first (a time-major ``(T, N, C)`` output: 1), or None when the output has
+    no batch axis (one sample per call); results and cotangents are batch-first either way.
     """
 
     def __init__(
@@ -143,6 +147,7 @@ class OnnxBackend:
         session_options: Any = None,
         explain_logits: bool = True,
         constant_inputs: Mapping[str, Any] | None = None,
+        output_batch_axis: int | None = 0,
     ) -> None:
         io.import_onnx()
         ort = io.import_onnxruntime()
@@ -155,6 +160,7 @@ class OnnxBackend:
             raise InputTypeError(
                 f"session_options must be an onnxruntime.SessionOptions, got {type(session_options).__name__}."
             )
+        self._output_batch_axis = layout.check_axis(output_batch_axis)
         loaded = io.load_model(model)
         load_rules()
         settings = {
@@ -261,16 +267,16 @@ class OnnxBackend:
         """The explained tensor for a batch, from a plain onnxruntime session on the original model."""
         x = self._check_x(x)
         (output,) = self._run(self._forward_session, [self._output_name], {self._input_name: x}, "forward")
-        return io.as_result(output)
+        return io.as_result(self._batch_first(output))
 
     def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(outputs, J(x)^T cotangent)`` from the reverse-mode gradient graph at ``x``'s shape."""
         x = self._check_x(x)
-        results = self._gradient(x, "vjp", None, cotangent, "VJP")
+        results = self._gradient(x, "vjp", None, self._model_layout(cotangent, "cotangent"), "VJP")
         if results is None:
             return self._numeric(x).vjp(x, cotangent)
         output, grad = results
-        return io.as_result(output), io.as_result(grad)
+        return io.as_result(self._batch_first(output)), io.as_result(grad)
 
     def jvp(self, x: np.ndarray, tangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(outputs, J(x) tangent)`` from the forward-mode gradient graph at ``x``'s shape."""
@@ -279,7 +285,7 @@ class OnnxBackend:
         if results is None:
             return self._numeric(x).jvp(x, tangent)
         output, product = results
-        return io.as_result(output), io.as_result(product)
+        return io.as_result(self._batch_first(output)), io.as_result(self._batch_first(product))
 
     def layer_vjp(self, x: np.ndarray, layer: str, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(activation, d<outputs, cotangent>/d activation)`` at the tensor named ``layer``.
@@ -291,7 +297,8 @@ class OnnxBackend:
         if layer == self._input_name:
             _, grad = self.vjp(x, cotangent)
             return io.as_result(x.copy()), grad  # a copy: x may be the caller's own array
-        activation, grad = self._gradient(x, "vjp", layer, cotangent, f"layer VJP at {layer!r}")
+        activation, grad = self._gradient(x, "vjp", layer, self._model_layout(cotangent, "cotangent"),
+                                          f"layer VJP at {layer!r}")
         return io.as_result(activation), io.as_result(grad)
 
     def layer_names(self, op_types: Sequence[str] | str = ("Conv",)) -> list[str]:
@@ -336,11 +343,20 @@ class OnnxBackend:
                     self._input_name, self._output_name, False, None)
         twin._relu_rule = self._relu_rule
         twin._folded_constants = self._folded_constants
+        twin._output_batch_axis = self._output_batch_axis
         return twin
 
     # ---------------------------------------------------------------------------------------- internals
     def _check_x(self, x: Any) -> np.ndarray:
-        return io.check_input_array(x, self._input_name, self._input_shape, self._input_dtype)
+        x = io.check_input_array(x, self._input_name, self._input_shape, self._input_dtype)
+        layout.check_one_sample(x, self._output_batch_axis)
+        return x
+
+    def _batch_first(self, output: np.ndarray) -> np.ndarray:
+        return layout.to_batch_first(output, self._output_batch_axis, self._output_name)
+
+    def _model_layout(self, seed: Any, what: str) -> Any:
+        return layout.to_model_layout(seed, self._output_batch_axis, self._output_name, what)
 
     def _check_layer(self, layer: Any) -> None:
         if not isinstance(layer, str):
@@ -482,12 +498,14 @@ class OnnxBackend:
                 f"onnxruntime failed running the {what} of {self._shared.label} (fed {fed}): {_message(exc)}"
             ) from exc
 
-    def _numeric(self, x: np.ndarray) -> Any:
+    def _numeric(self, x: np.ndarray | None = None) -> Any:
         from ..numpy import FunctionBackend
 
         batch = self._input_shape[0] if self._input_shape else None
-        if not isinstance(batch, int) and self._folded_constants and x.ndim:
+        if not isinstance(batch, int) and self._folded_constants and x is not None and x.ndim:
             batch = x.shape[0]  # a constant input (a recurrent state) may be sized for x's batch only
+        if self._output_batch_axis is None:
+            batch = 1  # one sample per run
         return FunctionBackend(self._forward_in_batches_of(batch) if isinstance(batch, int) else self.forward)
 
     def _forward_in_batches_of(self, batch: int) -> Any:

@@ -123,3 +123,13 @@ def test_silero_vad_falls_back_to_finite_differences_with_its_state_as_a_constan
     with pytest.warns(Warning, match="finite-difference"):
         _, grad = backend.vjp(x, np.ones((1, 1), np.float32))
     assert grad.shape == x.shape and np.isfinite(grad).all() and np.abs(grad).max() > 0
+
+
+@pytest.mark.full
+def test_a_time_major_ocr_output_is_seen_batch_first() -> None:
+    case = CASES["ddddocr"]
+    x = case.make_x()
+    backend = _backend(case, output_batch_axis=1)
+    y = backend.forward(x)
+    plain = _plain_onnxruntime(case, backend.output_name, x, backend.input_name)  # (T, N, C)
+    np.testing.assert_allclose(y, np.moveaxis(plain, 1, 0), rtol=1e-5, atol=1e-5)
