@@ -27,9 +27,11 @@ import numpy as np
 
 from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
 from . import _rules
+from ._control_flow import inline_known_ifs, names_in
 from ._quantised import refuse_quantisation
 
 COTANGENT_NAME = "gradsal_cotangent"
+_MAX_IF_DEPTH = 8
 TANGENT_NAME = "gradsal_tangent"
 RESULT_NAME = "gradsal_result"
 
@@ -619,6 +621,12 @@ def build_gradient_model(
     opset = _default_opset(model)
     source = wrt or input_name
     probe = _probe(model, input_name, input_shape, probe_input)
+    for _ in range(_MAX_IF_DEPTH):  # an inlined branch may hold Ifs whose conditions the next probe knows
+        inlined = inline_known_ifs(model, probe.values, names_in(graph))
+        if inlined is None:
+            break
+        model, graph = inlined, inlined.graph
+        probe = _probe(model, input_name, input_shape, probe_input)
     for name in (output_name, source):
         if name not in probe.shapes:
             raise ModelError(f"the model has no tensor named {name!r}.")

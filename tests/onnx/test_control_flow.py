@@ -1,0 +1,93 @@
+"""If nodes: a condition known at build time differentiates as the branch it takes (property tests against
+finite differences, nested Ifs and branches reading the outer scope included); a condition computed from
+the input's values is a typed refusal naming the If, never a false "does not depend"."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from harness import assert_gradients_match, make_model
+from hypothesis import given
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import gradsal.core as gs
+from gradsal.backends.onnx import OnnxBackend
+
+
+def _branch(name: str, nodes: list, output: str) -> object:
+    return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)])
+
+
+def _if(condition: str, then_nodes: list, then_out: str, else_nodes: list, else_out: str, out: str) -> object:
+    return helper.make_node("If", [condition], [out], then_branch=_branch("then", then_nodes, then_out),
+                            else_branch=_branch("else", else_nodes, else_out))
+
+
+def _model(flag: bool, nested_flag: bool, from_shape: bool, x: np.ndarray) -> object:
+    """y = w * If(flag, tanh(h) * h, If(nested, sigmoid(h), -h^2)), h = x + 1 computed outside the branches.
+
+    ``from_shape``: the condition is ``Shape(x)[1] > 0`` (always true; known only after the probe) instead of
+    an initializer."""
+    inner = _if("nested", [helper.make_node("Sigmoid", ["h"], ["s"])], "s",
+                [helper.make_node("Mul", ["h", "h"], ["hh"]), helper.make_node("Neg", ["hh"], ["nhh"])], "nhh", "inner")
+    then_nodes = [helper.make_node("Tanh", ["h"], ["t"]), helper.make_node("Mul", ["t", "h"], ["th"])]
+    nodes = [helper.make_node("Add", ["x", "one"], ["h"])]
+    if from_shape:
+        nodes += [helper.make_node("Shape", ["x"], ["shape"]),
+                  helper.make_node("Gather", ["shape", "index"], ["width"], axis=0),
+                  helper.make_node("Greater", ["width", "zero"], ["flag"])]
+    nodes += [_if("flag", then_nodes, "th", [inner], "inner", "branch"),
+              helper.make_node("Mul", ["branch", "w"], ["y"])]
+    constants = {"one": np.array(1.0, np.float32), "w": np.linspace(0.5, 2.0, x.shape[1]).astype(np.float32),
+                 "nested": np.array(nested_flag)}
+    if from_shape:
+        constants |= {"index": np.array(1, np.int64), "zero": np.array(0, np.int64)}
+    else:
+        constants["flag"] = np.array(flag)
+    return make_model(nodes, {"x": x}, ["y"], initializers=constants)
+
+
+@given(flag=st.booleans(), nested_flag=st.booleans(), from_shape=st.booleans(),
+       rows=st.integers(1, 3), width=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_if_with_a_known_condition_differentiates_as_its_taken_branch(flag: bool, nested_flag: bool, from_shape: bool,
+                                                                       rows: int, width: int, seed: int) -> None:
+    x = np.random.default_rng(seed).standard_normal((rows, width)).astype(np.float32)
+    assert_gradients_match(_model(flag, nested_flag, from_shape, x), x, rtol=2e-2, atol=2e-3)
+
+
+def test_the_taken_branch_matches_its_closed_form() -> None:
+    x = np.array([[0.3, -0.7, 1.2]], np.float32)
+    w = np.linspace(0.5, 2.0, 3).astype(np.float32)
+    h = x + 1
+    for flag, nested, derivative in ((True, False, np.tanh(h) + h * (1 - np.tanh(h) ** 2)),
+                                     (False, True, 1 / (1 + np.exp(-h)) * (1 - 1 / (1 + np.exp(-h)))),
+                                     (False, False, -2 * h)):
+        _, grad = OnnxBackend(_model(flag, nested, False, x)).vjp(x, np.ones((1, 3), np.float32))
+        np.testing.assert_allclose(grad, w * derivative, rtol=1e-5, atol=1e-6)
+
+
+def test_an_if_on_the_inputs_values_is_a_typed_refusal() -> None:
+    x = np.array([[0.3, -0.7, 1.2]], np.float32)
+    nodes = [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+             helper.make_node("Greater", ["total", "zero"], ["flag"]),
+             _if("flag", [helper.make_node("Tanh", ["x"], ["t"])], "t", [helper.make_node("Neg", ["x"], ["n"])], "n",
+                 "y")]
+    model = make_model(nodes, {"x": x}, ["y"], initializers={"zero": np.array(0.0, np.float32)}, opset=11)
+    with pytest.raises(gs.UnsupportedOperatorError, match="no reverse-mode rule for If"):
+        OnnxBackend(model).vjp(x, np.ones((1, 3), np.float32))
+
+
+def test_an_inlined_branch_keeps_its_own_initializers_apart() -> None:
+    # a branch initializer named like an outer tensor must not replace it
+    x = np.array([[0.5, 1.5]], np.float32)
+    then_branch = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["t"])], "then", [],
+                                    [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+                                    [numpy_helper.from_array(np.array([3.0, 4.0], np.float32), "w")])
+    else_branch = _branch("else", [helper.make_node("Identity", ["x"], ["e"])], "e")
+    nodes = [helper.make_node("If", ["flag"], ["branch"], then_branch=then_branch, else_branch=else_branch),
+             helper.make_node("Mul", ["branch", "w_outer"], ["y"])]
+    model = make_model(nodes, {"x": x}, ["y"], initializers={"flag": np.array(True),
+                                                            "w_outer": np.array([10.0, 100.0], np.float32)})
+    _, grad = OnnxBackend(model).vjp(x, np.ones((1, 2), np.float32))
+    np.testing.assert_allclose(grad, [[30.0, 400.0]])
