@@ -111,3 +111,8 @@ def names_in(graph: Any) -> set[str]:
             for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
                 names |= names_in(sub)
     return names
+
+
+def if_conditions(graph: Any) -> list[str]:
+    """The condition tensors of a graph's top-level If nodes."""
+    return [node.input[0] for node in graph.node if node.op_type == "If" and node.domain in ("", "ai.onnx")]

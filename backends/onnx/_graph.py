@@ -27,7 +27,7 @@ import numpy as np
 
 from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
 from . import _rules
-from ._control_flow import inline_known_ifs, names_in
+from ._control_flow import if_conditions, inline_known_ifs, names_in
 from ._quantised import refuse_quantisation
 
 COTANGENT_NAME = "gradsal_cotangent"
@@ -79,6 +79,7 @@ class _Probe:
     dtypes: dict[str, np.dtype]
     values: dict[str, np.ndarray]  # only tensors that do not vary with the input's values
     varying_shapes: set[str] = field(default_factory=set)  # tensors whose shape may vary with them
+    conditions: dict[str, bool] = field(default_factory=dict)  # If conditions computed from the input's values
 
 
 def _default_opset(model: Any) -> int:
@@ -149,6 +150,8 @@ def _concrete_input(value_info: Any, shape: Sequence[int]) -> Any:
 
 
 def _probe(model: Any, input_name: str, input_shape: Sequence[int], x: np.ndarray | None = None) -> _Probe:
+    # the values of top-level If conditions are recorded even where they depend on the input's values
+    conditions = set(if_conditions(model.graph))
     """Run the model once at ``x`` (zeros of ``input_shape`` by default) recording tensor shapes, dtypes,
     the values of the tensors that do not vary with the input's values, and which shapes may vary."""
     import onnx
@@ -181,7 +184,9 @@ def _probe(model: Any, input_name: str, input_shape: Sequence[int], x: np.ndarra
     tensors = [name for node in graph.node for name in node.output if name]
     shape_outputs: dict[str, str] = {}
     for name in tensors:
-        if name in dependent:
+        if name in dependent and name in conditions:
+            probe_graph.output.append(helper.make_empty_tensor_value_info(name))
+        elif name in dependent:
             shape_name = f"gradsal_probe_shape_{len(shape_outputs)}"
             probe_graph.node.append(helper.make_node("Shape", [name], [shape_name]))
             probe_graph.output.append(helper.make_tensor_value_info(shape_name, onnx.TensorProto.INT64, None))
@@ -222,8 +227,14 @@ def _probe(model: Any, input_name: str, input_shape: Sequence[int], x: np.ndarra
         ) from exc
 
     shapes: dict[str, tuple[int, ...]] = {input_name: tuple(int(d) for d in input_shape)}
+    taken_at_x = {}
     for out, result in zip(probe_graph.output, results, strict=True):
         if out.name.startswith("gradsal_probe_shape_"):
+            continue
+        if out.name in dependent:
+            taken_at_x[out.name] = bool(np.asarray(result).reshape(-1)[0])
+            shapes[out.name] = tuple(np.shape(result))
+            dtypes[out.name] = np.asarray(result).dtype
             continue
         values[out.name] = result
     by_shape_name = {v: k for k, v in shape_outputs.items()}
@@ -233,7 +244,7 @@ def _probe(model: Any, input_name: str, input_shape: Sequence[int], x: np.ndarra
     for name, value in values.items():
         shapes.setdefault(name, tuple(value.shape))
         dtypes[name] = value.dtype
-    return _Probe(shapes, dtypes, values, varying_shapes)
+    return _Probe(shapes, dtypes, values, varying_shapes, taken_at_x)
 
 
 def _inferred(model: Any) -> tuple[dict[str, np.dtype], set[str]]:
@@ -621,10 +632,12 @@ def build_gradient_model(
     opset = _default_opset(model)
     source = wrt or input_name
     probe = _probe(model, input_name, input_shape, probe_input)
+    switches: dict[str, bool] = {}  # If conditions computed from the input's values, and their value at x
     for _ in range(_MAX_IF_DEPTH):  # an inlined branch may hold Ifs whose conditions the next probe knows
-        inlined = inline_known_ifs(model, probe.values, names_in(graph))
+        inlined = inline_known_ifs(model, {**probe.values, **probe.conditions}, names_in(graph))
         if inlined is None:
             break
+        switches |= {name: value for name, value in probe.conditions.items() if name in if_conditions(graph)}
         model, graph = inlined, inlined.graph
         probe = _probe(model, input_name, input_shape, probe_input)
     for name in (output_name, source):
@@ -649,7 +662,7 @@ def build_gradient_model(
     result = emit(builder, path_nodes, source, output_name, seed)
     result_like = source if mode == "vjp" else output_name
     builder.nodes.append(helper.make_node("Identity", [result], [RESULT_NAME], name="gradsal_result"))
-    checks = _shape_checks(builder, path_nodes, [output_name, source])
+    checks = _shape_checks(builder, path_nodes, [output_name, source]) + _branch_checks(builder, switches)
 
     outputs = [output_name, RESULT_NAME] + ([source] if source != input_name else [])
     outputs += [check for check, _, _ in checks] + builder.tie_flags
@@ -692,6 +705,19 @@ def build_gradient_model(
         ) from exc
     return GradientGraph(grad_model, input_name, seed, output_name, RESULT_NAME, source, mode, tuple(checks),
                          tuple(builder.tie_flags))
+
+
+def _branch_checks(builder: _Builder, switches: dict[str, bool]) -> list[tuple[str, str, tuple[int, ...]]]:
+    """A check output per If inlined on a condition computed from the input's values: the graph holds the
+    branch taken at the probe, valid where the condition has that value (elsewhere the backend rebuilds
+    it, taking the other branch: the VJP of an If is the VJP of the branch it takes)."""
+    from onnx import TensorProto
+
+    checks = []
+    for condition, value in switches.items():
+        single = builder.emit1("Reshape", [condition, builder.const([1])])  # an If condition has one element
+        checks.append((builder.emit1("Cast", [single], to=TensorProto.INT64), condition, (int(value),)))
+    return checks
 
 
 def _shape_checks(builder: _Builder, path_nodes: list[Any],
