@@ -34,6 +34,8 @@ def to_batch_first(array: np.ndarray, axis: int | None, output: str) -> np.ndarr
     """A model output (or a JVP) in the batch-first layout the methods expect."""
     if axis is None:
         return array[np.newaxis]
+    if axis == 0:  # the default: whatever the output's rank (a scalar loss included), nothing to move
+        return array
     axis = _resolved(axis, array.ndim, output)
     return np.moveaxis(array, axis, 0) if axis else array
 

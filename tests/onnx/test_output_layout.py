@@ -64,3 +64,14 @@ def test_a_bad_output_batch_axis_is_a_typed_error(axis: object, error: type) -> 
     x = RNG.standard_normal((2, 4, 5)).astype(np.float32)
     with pytest.raises(error, match="output_batch_axis"):
         OnnxBackend(_time_major_model(), output_batch_axis=axis).forward(x)
+
+
+def test_the_default_axis_leaves_a_scalar_output_alone() -> None:
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    node = helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)
+    graph = helper.make_graph([node], "sum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=8)
+    y, grad = OnnxBackend(model).vjp(x, np.array(2.0, np.float32))
+    assert y.shape == () and float(y) == pytest.approx(float(x.sum()), rel=1e-6)
+    np.testing.assert_array_equal(grad, np.full((2, 3), 2.0, np.float32))
