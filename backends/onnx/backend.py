@@ -16,8 +16,10 @@ Rules, in the order they apply:
   output). When that default output is a Softmax/LogSoftmax (possibly through Identity) the backend
   explains its input, the logits, and warns (:class:`LogitsWarning`); ``explain_logits=False`` or an
   explicit ``output_name`` keeps the probabilities.
-- **Dtypes**: ``x`` is checked against the declared (possibly symbolic) shape and fed in the declared
-  dtype (float16/32/64); results come back as float32, or float64 when the model computes in float64.
+- **Dtypes**: ``x`` is checked against the declared rank and fixed sizes (a symbolic size is a hint, as for
+  onnxruntime) and fed, as a copy, in the declared dtype (float16/32/64); results come back as float32, or
+  float64 when the model computes in float64. ``output_batch_axis`` names the output's batch axis when it
+  is not the first; results and cotangents are batch-first.
 - **Sessions**: ``providers`` defaults to the CPU. ``"cuda"``/``"CUDAExecutionProvider"`` is used when
   onnxruntime has it; asking for a provider onnxruntime lacks is an error (:class:`MissingDependencyError`),
   never a silent CPU run. Every session uses ``session_options`` when given, else ``ORT_ENABLE_ALL``.
