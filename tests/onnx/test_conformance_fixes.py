@@ -276,3 +276,21 @@ def test_a_branch_reading_x_from_the_outer_scope_is_not_called_independent() -> 
     with pytest.warns(Warning, match="finite-difference"):
         _, grad = backend.vjp(x, np.ones((1, 3), np.float32))
     np.testing.assert_allclose(grad, 2 * (1 - np.tanh(2 * x) ** 2), rtol=2e-2, atol=2e-3)  # d tanh(2x)/dx
+
+
+def test_weight_only_quantisation_is_off_the_path_and_differentiates() -> None:
+    # y = x @ dequantize(w_int8): the DequantizeLinear reads constants only, so J^T v = v @ W^T
+    w_int8 = np.array([[3, -20], [17, 90], [-128, 40]], np.int8)
+    scale, zero_point = np.float32(0.05), np.int8(2)
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"]),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "wq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+                              [numpy_helper.from_array(w_int8, "wq"), numpy_helper.from_array(np.array(scale), "ws"),
+                               numpy_helper.from_array(np.array(zero_point), "wz")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    v = RNG.standard_normal((2, 2)).astype(np.float32)
+    _, grad = OnnxBackend(model).vjp(x, v)
+    weight = (w_int8.astype(np.float32) - zero_point) * scale
+    np.testing.assert_allclose(grad, v @ weight.T, rtol=1e-5, atol=1e-6)
