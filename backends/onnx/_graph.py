@@ -735,7 +735,7 @@ def _shape_checks(builder: _Builder, path_nodes: list[Any],
     return checks
 
 
-_RULE_MODULES = ("_elementwise", "_conv", "_tensor")
+_RULE_MODULES = ("_elementwise", "_conv", "_tensor", "_losses")
 
 
 def _load_rule_modules() -> None:

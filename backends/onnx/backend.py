@@ -62,7 +62,7 @@ from ._constant_inputs import checked_constant
 RELU_RULES = ("standard", "guided", "deconvnet")
 FALLBACKS = (None, "finite_differences")
 CACHE_SIZE = 8
-_RULE_MODULES = ("_elementwise", "_conv", "_tensor")
+_RULE_MODULES = ("_elementwise", "_conv", "_tensor", "_losses")
 _PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
