@@ -33,3 +33,24 @@ def test_nll_loss_matches_finite_differences(reduction: str, weighted: bool, ign
         model = make_model([node], {"x": x}, ["loss"], initializers={"t": target, **({"w": w} if weighted else {})},
                            opset=13)
         assert_gradients_match(model, x, seed=seed)
+
+
+@given(reduction=st.sampled_from(["none", "sum", "mean"]), weighted=st.booleans(),
+       ignore=st.sampled_from([None, 2]), log_prob=st.booleans(), explain_log_prob=st.booleans(),
+       spatial=st.integers(0, 1), opset=st.sampled_from([12, 13, 18]), seed=st.integers(0, 2**16))
+def test_softmax_cross_entropy_matches_finite_differences(reduction: str, weighted: bool, ignore: int | None,
+                                                          log_prob: bool, explain_log_prob: bool, spatial: int,
+                                                          opset: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 4, *[3] * spatial))
+    target = rng.integers(0, 4, (3, *[3] * spatial)).astype(np.int64)
+    if ignore is not None:
+        target.reshape(-1)[0] = ignore
+        target.reshape(-1)[-1] = 0
+    attrs = {"reduction": reduction} | ({"ignore_index": ignore} if ignore is not None else {})
+    outputs = ["loss", "log_prob"] if log_prob else ["loss"]
+    node = helper.make_node("SoftmaxCrossEntropyLoss", ["x", "t", "w"] if weighted else ["x", "t"], outputs, **attrs)
+    constants = {"t": target} | ({"w": rng.uniform(0.5, 2.0, 4)} if weighted else {})
+    model = make_model([node], {"x": x}, outputs, initializers=constants, opset=opset)
+    explained = "log_prob" if log_prob and explain_log_prob else "loss"
+    assert_gradients_match(model, x, output_name=explained, seed=seed)
