@@ -4,7 +4,7 @@ The value becomes a constant of gradsal's copy of the model, where onnxruntime w
 shape or dtype (an initializer is taken as it is, then broadcast or cast by the nodes that read it): so it
 is checked here as onnxruntime checks a fed input. Rank and fixed sizes must match (a symbolic size is a
 hint); the values must be numbers of the declared kind (no strings; no floats for an integer input,
-whose fraction would be dropped; no NaN-bearing cast surprises); booleans only for a bool input.
+whose fraction would be dropped; integers within the declared type's range); booleans only for a bool input.
 """
 
 from __future__ import annotations
