@@ -28,7 +28,8 @@ import numpy as np
 from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
 from . import _rules
 from ._control_flow import if_conditions, inline_known_ifs, names_in
-from ._quantised import refuse_quantisation
+from ._quantised import nodes_between, refuse_quantisation
+from ._recurrent import unroll_lstms
 
 COTANGENT_NAME = "gradsal_cotangent"
 _MAX_IF_DEPTH = 8
@@ -639,6 +640,12 @@ def build_gradient_model(
             break
         switches |= {name: value for name, value in probe.conditions.items() if name in if_conditions(graph)}
         model, graph = inlined, inlined.graph
+        probe = _probe(model, input_name, input_shape, probe_input)
+    between = {tuple(node.output) for node in nodes_between(graph, source, output_name, _reads)}
+    unrolled = unroll_lstms(model, probe.shapes, probe.values, probe.dtypes, names_in(graph), _default_opset(model),
+                            lambda node: tuple(node.output) in between)
+    if unrolled is not None:
+        model, graph = unrolled, unrolled.graph
         probe = _probe(model, input_name, input_shape, probe_input)
     for name in (output_name, source):
         if name not in probe.shapes:

@@ -26,7 +26,7 @@ QUANTISATION_OPS = frozenset({
 })
 
 
-def _between(graph: Any, source: str, output: str, reads: Any) -> list[Any]:
+def nodes_between(graph: Any, source: str, output: str, reads: Any) -> list[Any]:
     """The nodes that depend on ``source`` (through any input) and that ``output`` depends on."""
     after = {source}
     downstream = []
@@ -46,7 +46,7 @@ def _between(graph: Any, source: str, output: str, reads: Any) -> list[Any]:
 def refuse_quantisation(graph: Any, source: str, output: str, reads: Any, opset: int) -> None:
     """Raise :class:`UnsupportedOperatorError` naming the quantisation if quantisation operators lie
     between ``source`` and ``output``; ``reads(node)`` lists what a node reads (subgraphs included)."""
-    found = [node for node in _between(graph, source, output, reads) if node.op_type in QUANTISATION_OPS]
+    found = [node for node in nodes_between(graph, source, output, reads) if node.op_type in QUANTISATION_OPS]
     if not found:
         return
     kinds = ", ".join(sorted({node.op_type for node in found}))
