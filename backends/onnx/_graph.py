@@ -29,7 +29,7 @@ from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
 from . import _rules
 from ._control_flow import if_conditions, inline_known_ifs, names_in
 from ._quantised import nodes_between, refuse_quantisation
-from ._recurrent import unroll_lstms
+from ._recurrent import unroll_recurrent
 
 COTANGENT_NAME = "gradsal_cotangent"
 _MAX_IF_DEPTH = 8
@@ -642,7 +642,7 @@ def build_gradient_model(
         model, graph = inlined, inlined.graph
         probe = _probe(model, input_name, input_shape, probe_input)
     between = {tuple(node.output) for node in nodes_between(graph, source, output_name, _reads)}
-    unrolled = unroll_lstms(model, probe.shapes, probe.values, probe.dtypes, names_in(graph), _default_opset(model),
+    unrolled = unroll_recurrent(model, probe.shapes, probe.values, probe.dtypes, names_in(graph), _default_opset(model),
                             lambda node: tuple(node.output) in between)
     if unrolled is not None:
         model, graph = unrolled, unrolled.graph

@@ -23,7 +23,9 @@ import numpy as np
 
 from ...core.errors import UnsupportedOperatorError
 
-_DEFAULT_ACTIVATIONS = ["Sigmoid", "Tanh", "Tanh"]
+_DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+RECURRENT_OPS = frozenset(_GATES)
 
 
 def _attr(node: Any, name: str, default: Any = None) -> Any:
@@ -41,11 +43,12 @@ def _attr(node: Any, name: str, default: Any = None) -> Any:
 
 
 def unsupported_form(node: Any) -> str | None:
-    """Why an LSTM node cannot be unrolled here, or None."""
+    """Why a recurrent node cannot be unrolled here, or None."""
     activations = _attr(node, "activations", None)
     directions = 2 if _attr(node, "direction", "forward") == "bidirectional" else 1
-    if activations is not None and list(activations) != _DEFAULT_ACTIVATIONS * directions:
-        return f"its activations {activations} are not the default (Sigmoid, Tanh, Tanh)"
+    defaults = _DEFAULT_ACTIVATIONS[node.op_type]
+    if activations is not None and list(activations) != defaults * directions:
+        return f"its activations {activations} are not the default ({', '.join(defaults)})"
     if _attr(node, "clip", None) is not None:
         return "it clips its cell input (clip), which has no gradient rule yet"
     if int(_attr(node, "input_forget", 0)):
@@ -93,23 +96,26 @@ class _Emitter:
         return self("Gather", [name, self.const(index, np.int64)], axis=axis)
 
 
-def unroll_lstm(node: Any, shapes: dict[str, tuple[int, ...]], values: dict[str, np.ndarray],
-                taken: set[str], dtype: np.dtype, opset: int) -> tuple[list[Any], list[Any]]:
-    """(nodes, initializers) computing the LSTM node's outputs from its inputs with standard operators."""
+def unroll(node: Any, shapes: dict[str, tuple[int, ...]], values: dict[str, np.ndarray],
+           taken: set[str], dtype: np.dtype, opset: int) -> tuple[list[Any], list[Any]]:
+    """(nodes, initializers) computing a recurrent node's outputs from its inputs with standard operators."""
+    lstm = node.op_type == "LSTM"
     inputs = list(node.input) + [""] * (8 - len(node.input))
-    x, w, r, b, lengths, initial_h, initial_c, peepholes = inputs
+    x, w, r, b, lengths, initial_h = inputs[:6]
+    initial_c, peepholes = (inputs[6], inputs[7]) if lstm else ("", "")
     hidden = int(_attr(node, "hidden_size"))
     direction = str(_attr(node, "direction", "forward"))
-    emit = _Emitter(taken, f"gradsal_{(node.name or 'lstm').replace('/', '_')}", dtype, opset)
+    emit = _Emitter(taken, f"gradsal_{(node.name or node.op_type.lower()).replace('/', '_')}", dtype, opset)
     steps, batch = shapes[node.input[0]][:2]
     masks = _step_masks(emit, node, lengths, values, steps, batch)
     directions = ["forward", "reverse"] if direction == "bidirectional" else [direction]
+    cell = _Cell(node.op_type, hidden, int(_attr(node, "linear_before_reset", 0)))
     per_direction = []
     for d, way in enumerate(directions):
-        per_direction.append(_direction(emit, x, w, r, b, initial_h, initial_c, peepholes, d, way, steps, batch,
-                                        hidden, masks))
+        per_direction.append(_direction(emit, cell, x, w, r, b, initial_h, initial_c, peepholes, d, way, steps,
+                                        batch, masks))
     outputs = list(node.output) + [""] * (3 - len(node.output))
-    y, y_h, y_c = outputs
+    y, y_h, y_c = outputs[:3]
     if y:  # (T, directions, batch, hidden)
         sequences = [s[0] for s in per_direction]
         emit("Concat", sequences, y, axis=1) if len(sequences) > 1 else emit("Identity", sequences, y)
@@ -128,8 +134,8 @@ def _step_masks(emit: _Emitter, node: Any, lengths: str, values: dict[str, np.nd
     known = values.get(lengths)
     if known is None:
         raise UnsupportedOperatorError(
-            f"LSTM node {node.name or '(unnamed)'!r}: its sequence_lens ({lengths!r}) depend on the input's values; "
-            "gradsal unrolls an LSTM for sequence lengths known when the gradient graph is built."
+            f"{node.op_type} node {node.name or '(unnamed)'!r}: its sequence_lens ({lengths!r}) depend on the input's "
+            f"values; gradsal unrolls an {node.op_type} for sequence lengths known when the gradient graph is built."
         )
     known = np.asarray(known).reshape(-1)
     if np.all(known >= steps):
@@ -137,27 +143,60 @@ def _step_masks(emit: _Emitter, node: Any, lengths: str, values: dict[str, np.nd
     return [emit.const((known > t).astype(emit.dtype).reshape(batch, 1)) for t in range(steps)]
 
 
-def _direction(emit: _Emitter, x: str, w: str, r: str, b: str, initial_h: str, initial_c: str, peepholes: str,
-               d: int, way: str, steps: int, batch: int, hidden: int,
-               masks: list[str] | None) -> tuple[str, str, str]:
-    """(Y of this direction as (T, 1, batch, hidden), last hidden state, last cell state)."""
-    w_t = emit("Transpose", [emit.pick(w, d, 0)], perm=[1, 0])  # (input, 4 hidden), gates i o f c
-    r_t = emit("Transpose", [emit.pick(r, d, 0)], perm=[1, 0])
-    projected = emit("MatMul", [x, w_t])  # (T, batch, 4 hidden)
-    if b:
-        bias = emit.pick(b, d, 0)
-        projected = emit("Add", [projected, emit("Add", [emit.pick(bias, list(range(4 * hidden)), 0),
-                                                         emit.pick(bias, list(range(4 * hidden, 8 * hidden)), 0)])])
-    zeros = emit.const(np.zeros((batch, hidden)))
-    h = emit.pick(initial_h, d, 0) if initial_h else zeros
-    c = emit.pick(initial_c, d, 0) if initial_c else zeros
-    peep = [emit.pick(emit.pick(peepholes, d, 0), list(range(k * hidden, (k + 1) * hidden)), 0)
-            for k in range(3)] if peepholes else None  # i, o, f
-    order = range(steps) if way == "forward" else range(steps - 1, -1, -1)
-    outputs: dict[int, str] = {}
-    for t in order:
-        gates = emit("Add", [emit.pick(projected, t, 0), emit("MatMul", [h, r_t])])
-        i, o, f, g = (emit.pick(gates, list(range(k * hidden, (k + 1) * hidden)), 1) for k in range(4))
+class _Cell:
+    """One recurrent step of an LSTM, GRU or RNN (ONNX's equations, default activations)."""
+
+    def __init__(self, op: str, hidden: int, linear_before_reset: int) -> None:
+        self.op, self.hidden, self.linear_before_reset = op, hidden, linear_before_reset
+        self.gates = _GATES[op]
+
+    def block(self, emit: _Emitter, name: str, first: int, count: int, axis: int) -> str:
+        """Gates ``first .. first + count - 1`` (each ``hidden`` wide) of ``name`` along ``axis``."""
+        return emit.pick(name, list(range(first * self.hidden, (first + count) * self.hidden)), axis)
+
+    def prepare(self, emit: _Emitter, x: str, w: str, r: str, b: str, d: int) -> None:
+        """x W^T + biases for every step at once, and the recurrence weights, for direction ``d``."""
+        gates = self.gates
+        self.projected = emit("MatMul", [x, emit("Transpose", [emit.pick(w, d, 0)], perm=[1, 0])])
+        recurrence = emit.pick(r, d, 0)  # (gates hidden, hidden)
+        bias = emit.pick(b, d, 0) if b else None
+        input_bias = self.block(emit, bias, 0, gates, 0) if bias else None
+        recurrent_bias = self.block(emit, bias, gates, gates, 0) if bias else None
+        self.candidate_bias = None
+        if self.op == "GRU":  # the candidate's recurrent bias sits inside the reset gate's product
+            self.r_zr = emit("Transpose", [self.block(emit, recurrence, 0, 2, 0)], perm=[1, 0])
+            self.r_h = emit("Transpose", [self.block(emit, recurrence, 2, 1, 0)], perm=[1, 0])
+            if bias:
+                self.candidate_bias = self.block(emit, recurrent_bias, 2, 1, 0)
+                zeros = emit.const(np.zeros(self.hidden))
+                recurrent_bias = emit("Concat", [self.block(emit, recurrent_bias, 0, 2, 0), zeros], axis=0)
+        else:
+            self.r_t = emit("Transpose", [recurrence], perm=[1, 0])
+        if bias:
+            self.projected = emit("Add", [self.projected, emit("Add", [input_bias, recurrent_bias])])
+
+    def step(self, emit: _Emitter, t: int, h: str, c: str | None,
+             peep: list[str] | None) -> tuple[str, str | None]:
+        p = emit.pick(self.projected, t, 0)  # (batch, gates hidden)
+        if self.op == "RNN":
+            return emit("Tanh", [emit("Add", [p, emit("MatMul", [h, self.r_t])])]), None
+        if self.op == "GRU":
+            zr = emit("Add", [self.block(emit, p, 0, 2, 1), emit("MatMul", [h, self.r_zr])])
+            z = emit("Sigmoid", [self.block(emit, zr, 0, 1, 1)])
+            reset = emit("Sigmoid", [self.block(emit, zr, 1, 1, 1)])
+            if self.linear_before_reset:
+                inner = emit("MatMul", [h, self.r_h])
+                if self.candidate_bias:
+                    inner = emit("Add", [inner, self.candidate_bias])
+                recurrent = emit("Mul", [reset, inner])
+            else:
+                recurrent = emit("MatMul", [emit("Mul", [reset, h]), self.r_h])
+                if self.candidate_bias:
+                    recurrent = emit("Add", [recurrent, self.candidate_bias])
+            candidate = emit("Tanh", [emit("Add", [self.block(emit, p, 2, 1, 1), recurrent])])
+            return emit("Add", [candidate, emit("Mul", [z, emit("Sub", [h, candidate])])]), None  # (1-z) h~ + z h
+        gates = emit("Add", [p, emit("MatMul", [h, self.r_t])])
+        i, o, f, g = (self.block(emit, gates, k, 1, 1) for k in range(4))
         if peep:
             i = emit("Add", [i, emit("Mul", [c, peep[0]])])
             f = emit("Add", [f, emit("Mul", [c, peep[2]])])
@@ -165,12 +204,29 @@ def _direction(emit: _Emitter, x: str, w: str, r: str, b: str, initial_h: str, i
         c_next = emit("Add", [emit("Mul", [f, c]), emit("Mul", [i, g])])
         if peep:
             o = emit("Add", [o, emit("Mul", [c_next, peep[1]])])
-        h_next = emit("Mul", [emit("Sigmoid", [o]), emit("Tanh", [c_next])])
+        return emit("Mul", [emit("Sigmoid", [o]), emit("Tanh", [c_next])]), c_next
+
+
+def _direction(emit: _Emitter, cell: _Cell, x: str, w: str, r: str, b: str, initial_h: str, initial_c: str,
+               peepholes: str, d: int, way: str, steps: int, batch: int,
+               masks: list[str] | None) -> tuple[str, str, str | None]:
+    """(Y of this direction as (T, 1, batch, hidden), last hidden state, last cell state or None)."""
+    hidden = cell.hidden
+    cell.prepare(emit, x, w, r, b, d)
+    zeros = emit.const(np.zeros((batch, hidden)))
+    h = emit.pick(initial_h, d, 0) if initial_h else zeros
+    c = (emit.pick(initial_c, d, 0) if initial_c else zeros) if cell.op == "LSTM" else None
+    peep = [cell.block(emit, emit.pick(peepholes, d, 0), k, 1, 0) for k in range(3)] if peepholes else None
+    order = range(steps) if way == "forward" else range(steps - 1, -1, -1)
+    outputs: dict[int, str] = {}
+    for t in order:
+        h_next, c_next = cell.step(emit, t, h, c, peep)
         if masks is not None:  # past a sequence's end: states kept, output 0
             keep = emit("Sub", [emit.const(np.ones((batch, 1))), masks[t]])
             outputs[t] = emit("Mul", [h_next, masks[t]])
             h = emit("Add", [outputs[t], emit("Mul", [h, keep])])
-            c = emit("Add", [emit("Mul", [c_next, masks[t]]), emit("Mul", [c, keep])])
+            if c_next is not None:
+                c = emit("Add", [emit("Mul", [c_next, masks[t]]), emit("Mul", [c, keep])])
         else:
             outputs[t] = h = h_next
             c = c_next
@@ -178,35 +234,34 @@ def _direction(emit: _Emitter, x: str, w: str, r: str, b: str, initial_h: str, i
     return sequence, h, c
 
 
-def unroll_lstms(model: Any, shapes: dict[str, tuple[int, ...]], values: dict[str, np.ndarray],
+def unroll_recurrent(model: Any, shapes: dict[str, tuple[int, ...]], values: dict[str, np.ndarray],
                  dtypes: dict[str, np.dtype], taken: set[str], opset: int,
                  on_path: Any) -> Any | None:
-    """A copy of ``model`` with its top-level LSTM nodes unrolled, or None when there is none to unroll.
+    """A copy of ``model`` with its top-level LSTM/GRU/RNN nodes unrolled, or None when there is none to unroll.
 
     ``on_path(node)``: whether the node lies between the input and the output (an LSTM of an unsupported
     form is refused only then; elsewhere it is left as it is)."""
     import onnx
 
-    lstms = [node for node in model.graph.node if node.op_type == "LSTM" and node.domain in ("", "ai.onnx")]
-    if not lstms:
+    if not any(node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx") for node in model.graph.node):
         return None
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     nodes = []
     changed = False
     for node in model.graph.node:
-        if node.op_type != "LSTM" or node.domain not in ("", "ai.onnx") or not on_path(node):
+        if node.op_type not in RECURRENT_OPS or node.domain not in ("", "ai.onnx") or not on_path(node):
             nodes.append(node)
             continue
         why = unsupported_form(node)
         if why is not None:
             raise UnsupportedOperatorError(
-                f"LSTM node {node.name or '(unnamed)'!r} (opset {opset}) lies between the input and the explained "
-                f"output, but {why}. Pass OnnxBackend(..., fallback='finite_differences') to differentiate it "
-                "numerically."
+                f"{node.op_type} node {node.name or '(unnamed)'!r} (opset {opset}) lies between the input and the "
+                f"explained output, but {why}. Pass OnnxBackend(..., fallback='finite_differences') to "
+                "differentiate it numerically."
             )
         dtype = np.dtype(dtypes.get(node.input[0], np.float32))
-        unrolled, initializers = unroll_lstm(node, shapes, values, taken, dtype, opset)
+        unrolled, initializers = unroll(node, shapes, values, taken, dtype, opset)
         nodes.extend(unrolled)
         copy.graph.initializer.extend(initializers)
         changed = True

@@ -37,7 +37,7 @@ from gradsal.core.errors import GradsalError, InputError, ModelError, Unsupporte
 
 MAX_ELEMENTS = 128
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
-# Refusals the README documents, as (operator named in the message, pattern of the message).
+# Refusals the README documents, as (pattern of the operator named in the message, pattern of the message).
 DOCUMENTED_REFUSALS = (
     ("Resize", "scales or roi computed from"),  # the geometry's own gradient
     ("Upsample", "scales or roi computed from"),
@@ -47,11 +47,11 @@ DOCUMENTED_REFUSALS = (
     ("Pad", "constant_value depends on the input"),
     ("Einsum", "repeats a label"),
     ("", "x is empty"),  # a zero-sized x is refused (InputError)
-    ("LSTM", "activations .* are not the default|clips its cell input|input_forget=1"),
+    ("LSTM|GRU|RNN", "activations .* are not the default|clips its cell input|input_forget=1"),
 )
-# Operators the graph builder rewrites into others before differentiating (If: its taken branch; LSTM:
-# unrolled), so they have no rule of their own in supported_operators().
-BUILDER_OPS = frozenset({"If", "LSTM"})
+# Operators the graph builder rewrites into others before differentiating (If: its taken branch; LSTM, GRU,
+# RNN: unrolled), so they have no rule of their own in supported_operators().
+BUILDER_OPS = frozenset({"If", "LSTM", "GRU", "RNN"})
 # What finite_difference_check says when no element could be judged (all kinks, or onnxruntime refused).
 UNJUDGED = "no element judged"
 # Relative tolerance of a gradient computed in each float type, against float64 finite differences.
@@ -375,7 +375,7 @@ def _refusal(exc: GradsalError, stage: str) -> tuple[str, str]:
     """A typed refusal: "refused" when documented (see DOCUMENTED_REFUSALS), else a failure."""
     text = f"{type(exc).__name__}: {exc}"
     typed = isinstance(exc, (UnsupportedOperatorError, InputError))
-    documented = typed and any(op in text and re.search(pattern, text) for op, pattern in DOCUMENTED_REFUSALS)
+    documented = typed and any(re.search(op, text) and re.search(pattern, text) for op, pattern in DOCUMENTED_REFUSALS)
     return ("refused", text) if documented else (f"fail: refused {stage}", text)
 
 
