@@ -45,22 +45,120 @@ def _inlined(branch: Any, outputs: list[str], prefix: str, taken: set[str], grap
     """The branch's nodes with its local tensors renamed, then an Identity per branch output."""
     from onnx import helper
 
-    local = {name for node in branch.node for name in node.output if name} | {t.name for t in branch.initializer}
-    renamed = {name: _fresh(f"gradsal_{prefix}_{name}", taken) for name in sorted(local)}
-    for tensor in branch.initializer:
+    nodes, results = _body_copy(branch, {}, prefix, taken, graph)
+    for out, source in zip(outputs, results, strict=True):
+        nodes.append(helper.make_node("Identity", [source], [out], name=_fresh(f"{prefix}/output", taken)))
+    return nodes
+
+
+def _body_copy(body: Any, bound: dict[str, str], prefix: str, taken: set[str],
+               graph: Any) -> tuple[list[Any], list[str]]:
+    """(nodes, output names) of a copy of a subgraph with its local tensors renamed apart and its inputs
+    read from the tensors ``bound`` names; its initializers move to ``graph``."""
+    from onnx import helper
+
+    local = {name for node in body.node for name in node.output if name} | {t.name for t in body.initializer}
+    renamed = dict(bound) | {name: _fresh(f"gradsal_{prefix}_{name}", taken) for name in sorted(local)}
+    for tensor in body.initializer:
         moved = graph.initializer.add()
         moved.CopyFrom(tensor)
         moved.name = renamed[tensor.name]
     nodes = []
-    for node in branch.node:
+    for node in body.node:
         new = helper.make_node(node.op_type, [renamed.get(n, n) for n in node.input],
                                [renamed.get(n, n) for n in node.output],
                                name=_fresh(node.name, taken) if node.name else None, domain=node.domain)
         new.attribute.extend(_renamed_attributes(node, renamed))
         nodes.append(new)
-    for out, branch_out in zip(outputs, branch.output, strict=True):
-        source = renamed.get(branch_out.name, branch_out.name)
-        nodes.append(helper.make_node("Identity", [source], [out], name=_fresh(f"{prefix}/output", taken)))
+    return nodes, [renamed.get(out.name, out.name) for out in body.output]
+
+
+MAX_UNROLLED_ITERATIONS = 256
+
+
+def unroll_known_loops(model: Any, values: dict[str, np.ndarray], taken: set[str], opset: int) -> Any | None:
+    """A copy of ``model`` with every top-level Loop of known trip count unrolled, or None when there is none.
+
+    A Loop qualifies when its trip count ``M`` is known at build time (1 .. ``MAX_UNROLLED_ITERATIONS``), its
+    initial condition is absent or a known true, and its body passes the condition through unchanged (as
+    exported ``for`` loops do): it then runs exactly ``M`` times, and its unrolled copies (the iteration
+    number a constant, the carried values threaded through) compute the same outputs; scan outputs are the
+    per-iteration values stacked on a new first axis."""
+    import onnx
+
+    graph = model.graph
+    chosen = [i for i, node in enumerate(graph.node) if _unrollable(node, values)]
+    if not chosen:
+        return None
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    nodes: list[Any] = []
+    for index, node in enumerate(graph.node):
+        if index in chosen:
+            nodes.extend(_unrolled_loop(node, int(np.asarray(values[node.input[0]]).reshape(-1)[0]),
+                                        f"{node.name or 'loop'}_{index}", taken, copy.graph, opset))
+        else:
+            nodes.append(node)
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    return copy
+
+
+def _unrollable(node: Any, values: dict[str, np.ndarray]) -> bool:
+    if node.op_type != "Loop" or node.domain not in ("", "ai.onnx"):
+        return False
+    trip = node.input[0] if node.input else ""
+    condition = node.input[1] if len(node.input) > 1 else ""
+    if not trip or trip not in values or (condition and (condition not in values or
+                                                         not bool(np.asarray(values[condition]).reshape(-1)[0]))):
+        return False
+    if not 1 <= int(np.asarray(values[trip]).reshape(-1)[0]) <= MAX_UNROLLED_ITERATIONS:
+        return False
+    body = next(a.g for a in node.attribute if a.name == "body")
+    condition_in, condition_out = body.input[1].name, body.output[0].name
+    passes_through = condition_out == condition_in or any(
+        n.op_type == "Identity" and list(n.output) == [condition_out] and list(n.input) == [condition_in]
+        for n in body.node)
+    return passes_through
+
+
+def _unrolled_loop(node: Any, trips: int, prefix: str, taken: set[str], graph: Any, opset: int) -> list[Any]:
+    from onnx import helper, numpy_helper
+
+    body = next(a.g for a in node.attribute if a.name == "body")
+    carried = list(node.input[2:])
+    n_carried = len(carried)
+    nodes: list[Any] = []
+    true_name = _fresh(f"gradsal_{prefix}_true", taken)
+    graph.initializer.append(numpy_helper.from_array(np.array(True), true_name))
+    scans: list[list[str]] = [[] for _ in body.output[1 + n_carried:]]
+    for i in range(trips):
+        iteration = _fresh(f"gradsal_{prefix}_iteration_{i}", taken)
+        graph.initializer.append(numpy_helper.from_array(np.array(i, np.int64), iteration))
+        bound = {body.input[0].name: iteration, body.input[1].name: true_name}
+        bound |= {vi.name: value for vi, value in zip(body.input[2:], carried, strict=True)}
+        copied, results = _body_copy(body, bound, f"{prefix}_{i}", taken, graph)
+        nodes.extend(copied)
+        carried = results[1:1 + n_carried]
+        for scan, value in zip(scans, results[1 + n_carried:], strict=True):
+            scan.append(value)
+    for out, value in zip(node.output[:n_carried], carried, strict=True):
+        if out:
+            nodes.append(helper.make_node("Identity", [value], [out], name=_fresh(f"{prefix}/output", taken)))
+    for out, values_ in zip(node.output[n_carried:], scans, strict=False):
+        if not out:
+            continue
+        stacked = []
+        for value in values_:
+            name = _fresh(f"gradsal_{prefix}_stacked", taken)
+            if opset >= 13:
+                axes = _fresh(f"gradsal_{prefix}_axes", taken)
+                graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes))
+                nodes.append(helper.make_node("Unsqueeze", [value, axes], [name], name=_fresh(name, taken)))
+            else:
+                nodes.append(helper.make_node("Unsqueeze", [value], [name], axes=[0], name=_fresh(name, taken)))
+            stacked.append(name)
+        nodes.append(helper.make_node("Concat", stacked, [out], axis=0, name=_fresh(f"{prefix}/scan", taken)))
     return nodes
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
 from . import _rules
-from ._control_flow import if_conditions, inline_known_ifs, names_in
+from ._control_flow import if_conditions, inline_known_ifs, names_in, unroll_known_loops
 from ._quantised import nodes_between, refuse_quantisation
 from ._recurrent import unroll_recurrent
 
@@ -634,8 +634,10 @@ def build_gradient_model(
     source = wrt or input_name
     probe = _probe(model, input_name, input_shape, probe_input)
     switches: dict[str, bool] = {}  # If conditions computed from the input's values, and their value at x
-    for _ in range(_MAX_IF_DEPTH):  # an inlined branch may hold Ifs whose conditions the next probe knows
+    for _ in range(_MAX_IF_DEPTH):  # an inlined branch may hold Ifs (Loops) the next probe knows more of
         inlined = inline_known_ifs(model, {**probe.values, **probe.conditions}, names_in(graph))
+        if inlined is None:
+            inlined = unroll_known_loops(model, probe.values, names_in(graph), _default_opset(model))
         if inlined is None:
             break
         switches |= {name: value for name, value in probe.conditions.items() if name in if_conditions(graph)}

@@ -5,11 +5,13 @@ the input's values takes, at each input, the branch that input takes (the graph 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from harness import assert_gradients_match, make_model, run_forward
 from hypothesis import given
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+import gradsal.core as gs
 from gradsal.backends.onnx import OnnxBackend
 
 
@@ -119,3 +121,48 @@ def test_an_inlined_branch_keeps_its_own_initializers_apart() -> None:
                                                             "w_outer": np.array([10.0, 100.0], np.float32)})
     _, grad = OnnxBackend(model).vjp(x, np.ones((1, 2), np.float32))
     np.testing.assert_allclose(grad, [[30.0, 400.0]])
+
+
+def _loop_model(trips: int, x: np.ndarray, with_condition: bool) -> object:
+    """acc_{k+1} = acc_k * w + tanh(x) * k (x read from the outer scope), trips times; y: the final acc and
+    the stacked accumulators (a scan output)."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Cast", ["k"], ["kf"], to=TensorProto.FLOAT),
+         helper.make_node("Tanh", ["x"], ["t"]),
+         helper.make_node("Mul", ["t", "kf"], ["tk"]),
+         helper.make_node("Mul", ["acc", "w"], ["aw"]),
+         helper.make_node("Add", ["aw", "tk"], ["acc_out"]),
+         helper.make_node("Identity", ["acc_out"], ["scan_out"])],
+        "body",
+        [helper.make_tensor_value_info("k", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("scan_out", TensorProto.FLOAT, None)])
+    loop = helper.make_node("Loop", ["trips", "go" if with_condition else "", "start"], ["final", "history"],
+                            body=body)
+    nodes = [helper.make_node("Mul", ["x", "x"], ["start"]), loop,
+             helper.make_node("ReduceSum", ["history"], ["total"], axes=[0], keepdims=0),
+             helper.make_node("Add", ["final", "total"], ["y"])]
+    constants = {"trips": np.array(trips, np.int64), "go": np.array(True),
+                 "w": np.linspace(0.5, 1.5, x.shape[1]).astype(np.float32)}
+    return make_model(nodes, {"x": x}, ["y"], initializers=constants, opset=11)
+
+
+@given(trips=st.integers(1, 4), with_condition=st.booleans(), rows=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_a_loop_with_a_known_trip_count_is_unrolled(trips: int, with_condition: bool, rows: int, seed: int) -> None:
+    x = np.random.default_rng(seed).standard_normal((rows, 3)).astype(np.float32)
+    assert_gradients_match(_loop_model(trips, x, with_condition), x, rtol=2e-2, atol=2e-3)
+
+
+def test_a_loop_whose_trip_count_depends_on_the_input_is_a_typed_refusal() -> None:
+    x = np.ones((1, 3), np.float32)
+    model = _loop_model(2, x, False)
+    # the trip count becomes the (integer-cast) sum of x: not known when the graph is built
+    model.graph.node.insert(0, helper.make_node("ReduceSum", ["x"], ["sx"], keepdims=0))
+    model.graph.node.insert(1, helper.make_node("Cast", ["sx"], ["trips_x"], to=TensorProto.INT64))
+    model.graph.node[3].input[0] = "trips_x"
+    with pytest.raises(gs.UnsupportedOperatorError, match="no reverse-mode rule for Loop"):
+        OnnxBackend(model).vjp(x, np.ones((1, 3), np.float32))
