@@ -214,3 +214,106 @@ def names_in(graph: Any) -> set[str]:
 def if_conditions(graph: Any) -> list[str]:
     """The condition tensors of a graph's top-level If nodes."""
     return [node.input[0] for node in graph.node if node.op_type == "If" and node.domain in ("", "ai.onnx")]
+
+
+def unroll_scans(model: Any, shapes: dict[str, tuple[int, ...]], taken: set[str], opset: int) -> Any | None:
+    """A copy of ``model`` with every top-level Scan (opset 9+) unrolled over its concrete sequence length
+    (1 .. ``MAX_UNROLLED_ITERATIONS``), or None when there is none.
+
+    Iteration t reads slice t of each scan input along its axis (from the end for a reverse one), threads
+    the states through, and the scan outputs' slices are stacked along their axes (in reverse order for a
+    reverse one), as ONNX defines Scan."""
+    import onnx
+
+    graph = model.graph
+    chosen = [i for i, node in enumerate(graph.node) if _scan_length(node, shapes, opset) is not None]
+    if not chosen:
+        return None
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    nodes: list[Any] = []
+    for index, node in enumerate(graph.node):
+        if index in chosen:
+            nodes.extend(_unrolled_scan(node, _scan_length(node, shapes, opset), f"{node.name or 'scan'}_{index}",
+                                        taken, copy.graph, opset))
+        else:
+            nodes.append(node)
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    return copy
+
+
+def _ints(node: Any, name: str, count: int) -> list[int]:
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return list(attribute.ints)
+    return [0] * count
+
+
+def _scan_length(node: Any, shapes: dict[str, tuple[int, ...]], opset: int) -> int | None:
+    if node.op_type != "Scan" or node.domain not in ("", "ai.onnx") or opset < 9:
+        return None
+    scans = next(a.i for a in node.attribute if a.name == "num_scan_inputs")
+    scan_inputs = list(node.input[len(node.input) - scans:])
+    axes = _ints(node, "scan_input_axes", scans)
+    lengths = set()
+    for name, axis in zip(scan_inputs, axes, strict=True):
+        if name not in shapes:
+            return None
+        shape = shapes[name]
+        lengths.add(shape[axis % len(shape)])
+    if len(lengths) != 1:
+        return None
+    length = lengths.pop()
+    return length if 1 <= length <= MAX_UNROLLED_ITERATIONS else None
+
+
+def _unrolled_scan(node: Any, length: int, prefix: str, taken: set[str], graph: Any, opset: int) -> list[Any]:
+    from onnx import helper, numpy_helper
+
+    body = next(a.g for a in node.attribute if a.name == "body")
+    scans = next(a.i for a in node.attribute if a.name == "num_scan_inputs")
+    n_states = len(node.input) - scans
+    states = list(node.input[:n_states])
+    scan_inputs = list(node.input[n_states:])
+    in_axes, in_reverse = _ints(node, "scan_input_axes", scans), _ints(node, "scan_input_directions", scans)
+    n_outputs = len(body.output) - n_states
+    out_axes, out_reverse = _ints(node, "scan_output_axes", n_outputs), _ints(node, "scan_output_directions", n_outputs)
+    nodes: list[Any] = []
+
+    def constant(value: Any, hint: str) -> str:
+        name = _fresh(f"gradsal_{prefix}_{hint}", taken)
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    slices: list[list[str]] = [[] for _ in range(n_outputs)]
+    for t in range(length):
+        bound = {vi.name: value for vi, value in zip(body.input[:n_states], states, strict=True)}
+        for vi, name, axis, reverse in zip(body.input[n_states:], scan_inputs, in_axes, in_reverse, strict=True):
+            picked = _fresh(f"gradsal_{prefix}_slice", taken)
+            index = constant(np.array(length - 1 - t if reverse else t, np.int64), "index")
+            nodes.append(helper.make_node("Gather", [name, index], [picked], axis=axis, name=_fresh(picked, taken)))
+            bound[vi.name] = picked
+        copied, results = _body_copy(body, bound, f"{prefix}_{t}", taken, graph)
+        nodes.extend(copied)
+        states = results[:n_states]
+        for collected, value in zip(slices, results[n_states:], strict=True):
+            collected.append(value)
+    for out, value in zip(node.output[:n_states], states, strict=True):
+        if out:
+            nodes.append(helper.make_node("Identity", [value], [out], name=_fresh(f"{prefix}/output", taken)))
+    for out, collected, axis, reverse in zip(node.output[n_states:], slices, out_axes, out_reverse, strict=False):
+        if not out:
+            continue
+        ordered = collected[::-1] if reverse else collected
+        stacked = []
+        for value in ordered:
+            name = _fresh(f"gradsal_{prefix}_stacked", taken)
+            if opset >= 13:
+                axes = constant(np.array([axis], np.int64), "axes")
+                nodes.append(helper.make_node("Unsqueeze", [value, axes], [name], name=_fresh(name, taken)))
+            else:
+                nodes.append(helper.make_node("Unsqueeze", [value], [name], axes=[axis], name=_fresh(name, taken)))
+            stacked.append(name)
+        nodes.append(helper.make_node("Concat", stacked, [out], axis=axis, name=_fresh(f"{prefix}/scan", taken)))
+    return nodes

@@ -27,7 +27,7 @@ import numpy as np
 
 from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
 from . import _rules
-from ._control_flow import if_conditions, inline_known_ifs, names_in, unroll_known_loops
+from ._control_flow import if_conditions, inline_known_ifs, names_in, unroll_known_loops, unroll_scans
 from ._quantised import nodes_between, refuse_quantisation
 from ._recurrent import unroll_recurrent
 
@@ -638,6 +638,8 @@ def build_gradient_model(
         inlined = inline_known_ifs(model, {**probe.values, **probe.conditions}, names_in(graph))
         if inlined is None:
             inlined = unroll_known_loops(model, probe.values, names_in(graph), _default_opset(model))
+        if inlined is None:
+            inlined = unroll_scans(model, probe.shapes, names_in(graph), _default_opset(model))
         if inlined is None:
             break
         switches |= {name: value for name, value in probe.conditions.items() if name in if_conditions(graph)}

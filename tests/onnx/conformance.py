@@ -48,10 +48,11 @@ DOCUMENTED_REFUSALS = (
     ("Einsum", "repeats a label"),
     ("", "x is empty"),  # a zero-sized x is refused (InputError)
     ("LSTM|GRU|RNN", "activations .* are not the default|clips its cell input|input_forget=1"),
+    ("Scan", r"\(opset 8\)"),  # Scan-8, with its batch axis and sequence_lens, is not unrolled
 )
 # Operators the graph builder rewrites into others before differentiating (If: its taken branch; Loop of a
-# known trip count, LSTM, GRU, RNN: unrolled), so they have no rule of their own in supported_operators().
-BUILDER_OPS = frozenset({"If", "Loop", "LSTM", "GRU", "RNN"})
+# known trip count, Scan, LSTM, GRU, RNN: unrolled), so they have no rule of their own in supported_operators().
+BUILDER_OPS = frozenset({"If", "Loop", "Scan", "LSTM", "GRU", "RNN"})
 # What finite_difference_check says when no element could be judged (all kinks, or onnxruntime refused).
 UNJUDGED = "no element judged"
 # Relative tolerance of a gradient computed in each float type, against float64 finite differences.

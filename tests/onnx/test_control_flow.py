@@ -166,3 +166,36 @@ def test_a_loop_whose_trip_count_depends_on_the_input_is_a_typed_refusal() -> No
     model.graph.node[3].input[0] = "trips_x"
     with pytest.raises(gs.UnsupportedOperatorError, match="no reverse-mode rule for Loop"):
         OnnxBackend(model).vjp(x, np.ones((1, 3), np.float32))
+
+
+def _scan_model(x: np.ndarray, axis: int, reverse: int, out_axis: int, out_reverse: int) -> object:
+    """acc' = acc * w + tanh(s), out = acc' * s over the slices s of x along ``axis``; y: the last acc plus
+    the stacked outputs summed over their scan axis."""
+    rows = x.shape[1 - axis]
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["acc", "w"], ["aw"]), helper.make_node("Tanh", ["s"], ["ts"]),
+         helper.make_node("Add", ["aw", "ts"], ["acc_out"]), helper.make_node("Mul", ["acc_out", "s"], ["out"])],
+        "body",
+        [helper.make_tensor_value_info("acc", TensorProto.FLOAT, [rows]),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, [rows])],
+        [helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [rows]),
+         helper.make_tensor_value_info("out", TensorProto.FLOAT, [rows])])
+    scan = helper.make_node("Scan", ["start", "x"], ["last", "stacked"], body=body, num_scan_inputs=1,
+                            scan_input_axes=[axis], scan_input_directions=[reverse],
+                            scan_output_axes=[out_axis], scan_output_directions=[out_reverse])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["start"], axes=[axis], keepdims=0), scan,
+             helper.make_node("Mul", ["stacked", "weights"], ["weighted"]),
+             helper.make_node("ReduceSum", ["weighted"], ["total"], axes=[out_axis], keepdims=0),
+             helper.make_node("Add", ["last", "total"], ["y"])]
+    length = x.shape[axis]
+    weights = np.linspace(-1.0, 1.0, length * rows).astype(np.float32).reshape((length, rows) if out_axis == 0
+                                                                             else (rows, length))
+    constants = {"w": np.float32(0.7) * np.ones(rows, np.float32), "weights": weights}
+    return make_model(nodes, {"x": x}, ["y"], initializers=constants, opset=11)
+
+
+@given(axis=st.sampled_from([0, 1]), reverse=st.sampled_from([0, 1]), out_axis=st.sampled_from([0, 1]),
+       out_reverse=st.sampled_from([0, 1]), seed=st.integers(0, 2**16))
+def test_a_scan_is_unrolled(axis: int, reverse: int, out_axis: int, out_reverse: int, seed: int) -> None:
+    x = np.random.default_rng(seed).standard_normal((3, 4)).astype(np.float32)
+    assert_gradients_match(_scan_model(x, axis, reverse, out_axis, out_reverse), x, rtol=2e-2, atol=2e-3)
