@@ -90,7 +90,7 @@ def graph_ops(graph: onnx.GraphProto) -> set[str]:
 
 
 @functools.cache
-def test_op(folder: Path) -> str:
+def operator_of(folder: Path) -> str:
     """The operator a node test is about: its single node's, or its un-expanded sibling's."""
     name = folder.name
     base = re.sub(r"_expanded(_ver\d+)?$", "", name)
@@ -129,7 +129,7 @@ def representative(tests: list[Path], per_op: int = 1) -> list[Path]:
     seen: Counter[str] = Counter()
     slice_ = []
     for folder in tests:
-        op = test_op(folder)
+        op = operator_of(folder)
         if seen[op] < per_op:
             seen[op] += 1
             slice_.append(folder)
@@ -282,7 +282,7 @@ def check_test(folder: Path, seed: int = 0) -> list[PairResult]:
     """Every (float input, float output) pair of one node test, judged."""
     model = onnx.load(str(folder / "model.onnx"))
     inputs = load_inputs(folder, model)
-    op = test_op(folder)
+    op = operator_of(folder)
     float_inputs = [n for n, a in inputs.items() if a.dtype.kind == "f"]
     out_types = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
     try:
