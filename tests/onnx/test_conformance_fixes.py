@@ -218,8 +218,11 @@ def test_onnxruntime_itself_reads_a_sparse_constant_from_the_cwd(tmp_path: Path,
     # why the check above matters: handed the bytes, onnxruntime resolves the location itself
     (tmp_path / "values.bin").write_bytes(np.array([5.0, 7.0], np.float32).tobytes())
     monkeypatch.chdir(tmp_path)
-    session = ort.InferenceSession(_sparse_constant_model("values.bin").SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(_sparse_constant_model("values.bin").SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # a later onnxruntime may confine it itself
+        pytest.skip(f"this onnxruntime does not resolve it: {exc}")
     (y,) = session.run(None, {"x": np.zeros(4, np.float32)})
     np.testing.assert_array_equal(y, [0.0, 5.0, 0.0, 7.0])
 
