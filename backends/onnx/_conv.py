@@ -1172,10 +1172,19 @@ def _apply_transposed(ctx: RuleContext, t: str, shape: list[int], axis: int, mat
     return _reshape(ctx, product_, [*shape[:axis], matrix.shape[1], *shape[axis + 1:]])
 
 
-@vjp_rule("Resize", "Upsample", differentiable=(0,))
+def _refuse_geometry_gradient(ctx: RuleContext, node: NodeProto, on_path: list[str]) -> None:
+    """Resizing is differentiable in its scales and roi too, but gradsal has no rule for that: refuse
+    rather than claim the output does not depend on them (sizes are integers: never on the path)."""
+    if on_path:
+        raise _unsupported(ctx, node, f"its scales or roi computed from the input ({', '.join(map(repr, on_path))}) "
+                           "would need a gradient, which gradsal does not compute (only the data input's)")
+
+
+@vjp_rule("Resize", "Upsample", differentiable=(0, 1, 2))
 def resize_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
     """Separable interpolation y = (A_1 x A_2 ...): the adjoint applies each A_axis^T (MatMul); an integer
     nearest upsampling is summed back with Reshape + ReduceSum."""
+    _refuse_geometry_gradient(ctx, node, [name for name in node.input[1:3] if name and ctx.needs_grad(name)])
     result = _padded([], len(node.input))
     g = grads[0]
     if g is None:
@@ -1201,6 +1210,8 @@ def resize_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
 @jvp_rule("Resize", "Upsample")
 def resize_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
     """Resizing is linear in x: resize the tangent (extrapolated cells, a constant, get 0)."""
+    _refuse_geometry_gradient(ctx, node, [name for name, t in zip(node.input[1:3], tangents[1:3], strict=False)
+                                          if name and t is not None])
     _resize_spec(ctx, node)
     attrs = _copy_attrs(ctx, node)
     if "extrapolation_value" in attrs:

@@ -508,25 +508,41 @@ def clip_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
     result: Names = _padded([], len(node.input))
     if ctx.needs_grad(x):
         result[0] = _mul(ctx, g, _clip_inside(ctx, node))
-    low, high = _clip_bounds(ctx, node)
-    for position, bound, compare in ((1, low, "Less"), (2, high, "Greater")):
+    for position, bound in enumerate(_clip_bounds(ctx, node), start=1):
         if bound is not None and ctx.needs_grad(bound):
-            clipped = _mask(ctx, ctx.emit1(compare, [x, bound]), x)
+            clipped = _clip_bound_mask(ctx, node, position)
             result[position] = ctx.unbroadcast(_mul(ctx, g, clipped), bound, out_shape)
     return result
 
 
 @jvp_rule("Clip")
 def clip_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
-    x = node.input[0]
     terms = []
     if tangents[0] is not None:
         terms.append(_mul(ctx, tangents[0], _clip_inside(ctx, node)))
-    low, high = _clip_bounds(ctx, node)
-    for position, bound, compare in ((1, low, "Less"), (2, high, "Greater")):
+    for position, bound in enumerate(_clip_bounds(ctx, node), start=1):
         if bound is not None and position < len(tangents) and tangents[position] is not None:
-            terms.append(_mul(ctx, tangents[position], _mask(ctx, ctx.emit1(compare, [x, bound]), x)))
+            terms.append(_mul(ctx, tangents[position], _clip_bound_mask(ctx, node, position)))
     return [_add_all(ctx, terms)]
+
+
+def _clip_bound_mask(ctx: RuleContext, node: NodeProto, position: int) -> str:
+    """1 where the output is the bound at ``position`` (1: min, 2: max), in x's float type.
+
+    ONNX defines y = min(max(x, min), max), so y = max everywhere when min > max: dy/dmin = [x < min]
+    [min < max] and dy/dmax = [x > max] or [min > max] (each bound alone: [x < min], [x > max]).
+    """
+    x = node.input[0]
+    low, high = _clip_bounds(ctx, node)
+    if position == 1:
+        condition = ctx.emit1("Less", [x, low])
+        if high is not None:
+            condition = ctx.emit1("And", [condition, ctx.emit1("Less", [low, high])])
+    else:
+        condition = ctx.emit1("Greater", [x, high])
+        if low is not None:
+            condition = ctx.emit1("Or", [condition, ctx.emit1("Greater", [low, high])])
+    return _mask(ctx, condition, x)
 
 
 # ----------------------------------------------------------------------------------------------- PRelu
@@ -708,9 +724,13 @@ def _pow_base_derivative(ctx: RuleContext, node: NodeProto) -> tuple[str, tuple[
 
 
 def _pow_exponent_derivative(ctx: RuleContext, node: NodeProto) -> str:
-    """d a^b / db = y log(a) (defined for a > 0)."""
+    """d a^b / db = y log(a) (defined for a > 0); 0 where a = 0 (y is 0 there for b > 0, as torch has it).
+
+    log is taken of a + [a = 0], which is 1 (log 0) where a = 0, so 0 x (-inf) never makes a NaN.
+    """
     a, y = node.input[0], node.output[0]
-    return _mul(ctx, y, ctx.emit1("Log", [a]))
+    zero_base = _mask(ctx, _equal(ctx, a, _scalar(ctx, 0.0, a)), a)
+    return _mul(ctx, y, ctx.emit1("Log", [ctx.emit1("Add", [a, zero_base])]))
 
 
 def _check_pow_exponent(ctx: RuleContext, node: NodeProto) -> None:
@@ -859,9 +879,10 @@ def _check_dropout_inference(ctx: RuleContext, node: NodeProto) -> None:
             raise _unsupported(ctx, node, "it runs in training mode (random masks); export in eval mode")
 
 
-@vjp_rule("Dropout", differentiable=(0,))
+@vjp_rule("Dropout", differentiable=(0, 1))
 def dropout_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
-    """Inference-mode Dropout is the identity; its mask output carries no gradient."""
+    """Inference-mode Dropout is the identity; its mask output carries no gradient. The ratio is on the
+    path (when computed from the input) so that training mode is refused there too, not called constant."""
     _check_dropout_inference(ctx, node)
     return _padded([grads[0]], len(node.input))
 

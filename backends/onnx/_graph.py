@@ -27,8 +27,12 @@ import numpy as np
 
 from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
 from . import _rules
+from ._control_flow import if_conditions, inline_known_ifs, names_in, unroll_known_loops, unroll_scans
+from ._quantised import nodes_between, refuse_quantisation
+from ._recurrent import unroll_recurrent
 
 COTANGENT_NAME = "gradsal_cotangent"
+_MAX_IF_DEPTH = 8
 TANGENT_NAME = "gradsal_tangent"
 RESULT_NAME = "gradsal_result"
 
@@ -76,6 +80,7 @@ class _Probe:
     dtypes: dict[str, np.dtype]
     values: dict[str, np.ndarray]  # only tensors that do not vary with the input's values
     varying_shapes: set[str] = field(default_factory=set)  # tensors whose shape may vary with them
+    conditions: dict[str, bool] = field(default_factory=dict)  # If conditions computed from the input's values
 
 
 def _default_opset(model: Any) -> int:
@@ -146,6 +151,8 @@ def _concrete_input(value_info: Any, shape: Sequence[int]) -> Any:
 
 
 def _probe(model: Any, input_name: str, input_shape: Sequence[int], x: np.ndarray | None = None) -> _Probe:
+    # the values of top-level If conditions are recorded even where they depend on the input's values
+    conditions = set(if_conditions(model.graph))
     """Run the model once at ``x`` (zeros of ``input_shape`` by default) recording tensor shapes, dtypes,
     the values of the tensors that do not vary with the input's values, and which shapes may vary."""
     import onnx
@@ -178,7 +185,9 @@ def _probe(model: Any, input_name: str, input_shape: Sequence[int], x: np.ndarra
     tensors = [name for node in graph.node for name in node.output if name]
     shape_outputs: dict[str, str] = {}
     for name in tensors:
-        if name in dependent:
+        if name in dependent and name in conditions:
+            probe_graph.output.append(helper.make_empty_tensor_value_info(name))
+        elif name in dependent:
             shape_name = f"gradsal_probe_shape_{len(shape_outputs)}"
             probe_graph.node.append(helper.make_node("Shape", [name], [shape_name]))
             probe_graph.output.append(helper.make_tensor_value_info(shape_name, onnx.TensorProto.INT64, None))
@@ -219,8 +228,14 @@ def _probe(model: Any, input_name: str, input_shape: Sequence[int], x: np.ndarra
         ) from exc
 
     shapes: dict[str, tuple[int, ...]] = {input_name: tuple(int(d) for d in input_shape)}
+    taken_at_x = {}
     for out, result in zip(probe_graph.output, results, strict=True):
         if out.name.startswith("gradsal_probe_shape_"):
+            continue
+        if out.name in dependent:
+            taken_at_x[out.name] = bool(np.asarray(result).reshape(-1)[0])
+            shapes[out.name] = tuple(np.shape(result))
+            dtypes[out.name] = np.asarray(result).dtype
             continue
         values[out.name] = result
     by_shape_name = {v: k for k, v in shape_outputs.items()}
@@ -230,7 +245,7 @@ def _probe(model: Any, input_name: str, input_shape: Sequence[int], x: np.ndarra
     for name, value in values.items():
         shapes.setdefault(name, tuple(value.shape))
         dtypes[name] = value.dtype
-    return _Probe(shapes, dtypes, values, varying_shapes)
+    return _Probe(shapes, dtypes, values, varying_shapes, taken_at_x)
 
 
 def _inferred(model: Any) -> tuple[dict[str, np.dtype], set[str]]:
@@ -262,16 +277,35 @@ def _differentiable_inputs(node: Any) -> list[int]:
     return [i for i in positions if node.input[i]]
 
 
+def _outer_reads(node: Any) -> list[str]:
+    """The outer-scope tensors that a node's subgraphs (If branches, Loop and Scan bodies) read."""
+    names: list[str] = []
+    for attribute in node.attribute:
+        for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+            local = ({vi.name for vi in sub.input} | {t.name for t in sub.initializer}
+                     | {name for n in sub.node for name in n.output})
+            read = [name for n in sub.node for name in (*n.input, *_outer_reads(n)) if name]
+            names.extend(name for name in read if name not in local)
+    return names
+
+
+def _gradient_reads(node: Any) -> list[str]:
+    """The tensors through which gradient may reach a node's outputs: its differentiable inputs and what
+    its subgraphs read from the outer scope (so a branch computed from x puts its If on the path, where
+    the If's rule, or its absence, decides, instead of a false "does not depend")."""
+    return [node.input[i] for i in _differentiable_inputs(node)] + _outer_reads(node)
+
+
 def _path(graph: Any, source: str, output: str) -> set[str]:
     """Tensors that depend differentiably on ``source`` and that ``output`` depends on differentiably."""
     forward = {source}
     for node in graph.node:
-        if any(node.input[i] in forward for i in _differentiable_inputs(node)):
+        if any(name in forward for name in _gradient_reads(node)):
             forward.update(name for name in node.output if name)
     backward = {output}
     for node in reversed(graph.node):
         if any(name in backward for name in node.output):
-            backward.update(node.input[i] for i in _differentiable_inputs(node))
+            backward.update(_gradient_reads(node))
     return forward & backward
 
 
@@ -498,7 +532,7 @@ def _require_rule(node: Any, opset: int, mode: str) -> Any:
 def _on_path_nodes(graph: Any, on_path: set[str]) -> list[Any]:
     return [
         node for node in graph.node
-        if any(node.input[i] in on_path for i in _differentiable_inputs(node))
+        if any(name in on_path for name in _gradient_reads(node))
         and any(name in on_path for name in node.output)
     ]
 
@@ -599,11 +633,30 @@ def build_gradient_model(
     opset = _default_opset(model)
     source = wrt or input_name
     probe = _probe(model, input_name, input_shape, probe_input)
+    switches: dict[str, bool] = {}  # If conditions computed from the input's values, and their value at x
+    for _ in range(_MAX_IF_DEPTH):  # an inlined branch may hold Ifs (Loops) the next probe knows more of
+        inlined = inline_known_ifs(model, {**probe.values, **probe.conditions}, names_in(graph))
+        if inlined is None:
+            inlined = unroll_known_loops(model, probe.values, names_in(graph), _default_opset(model))
+        if inlined is None:
+            inlined = unroll_scans(model, probe.shapes, names_in(graph), _default_opset(model))
+        if inlined is None:
+            break
+        switches |= {name: value for name, value in probe.conditions.items() if name in if_conditions(graph)}
+        model, graph = inlined, inlined.graph
+        probe = _probe(model, input_name, input_shape, probe_input)
+    between = {tuple(node.output) for node in nodes_between(graph, source, output_name, _reads)}
+    unrolled = unroll_recurrent(model, probe.shapes, probe.values, probe.dtypes, names_in(graph), _default_opset(model),
+                            lambda node: tuple(node.output) in between)
+    if unrolled is not None:
+        model, graph = unrolled, unrolled.graph
+        probe = _probe(model, input_name, input_shape, probe_input)
     for name in (output_name, source):
         if name not in probe.shapes:
             raise ModelError(f"the model has no tensor named {name!r}.")
     if mode == "jvp" and source != input_name:
         raise ModelError("forward mode differentiates with respect to the model input only.")
+    refuse_quantisation(graph, source, output_name, _reads, opset)
     on_path = _path(graph, source, output_name)
     float_dtype = probe.dtypes.get(source, np.dtype(np.float32))
     taken = {name for node in graph.node for name in (*node.input, *node.output)}
@@ -620,7 +673,7 @@ def build_gradient_model(
     result = emit(builder, path_nodes, source, output_name, seed)
     result_like = source if mode == "vjp" else output_name
     builder.nodes.append(helper.make_node("Identity", [result], [RESULT_NAME], name="gradsal_result"))
-    checks = _shape_checks(builder, path_nodes, [output_name, source])
+    checks = _shape_checks(builder, path_nodes, [output_name, source]) + _branch_checks(builder, switches)
 
     outputs = [output_name, RESULT_NAME] + ([source] if source != input_name else [])
     outputs += [check for check, _, _ in checks] + builder.tie_flags
@@ -665,6 +718,19 @@ def build_gradient_model(
                          tuple(builder.tie_flags))
 
 
+def _branch_checks(builder: _Builder, switches: dict[str, bool]) -> list[tuple[str, str, tuple[int, ...]]]:
+    """A check output per If inlined on a condition computed from the input's values: the graph holds the
+    branch taken at the probe, valid where the condition has that value (elsewhere the backend rebuilds
+    it, taking the other branch: the VJP of an If is the VJP of the branch it takes)."""
+    from onnx import TensorProto
+
+    checks = []
+    for condition, value in switches.items():
+        single = builder.emit1("Reshape", [condition, builder.const([1])])  # an If condition has one element
+        checks.append((builder.emit1("Cast", [single], to=TensorProto.INT64), condition, (int(value),)))
+    return checks
+
+
 def _shape_checks(builder: _Builder, path_nodes: list[Any],
                   extra: list[str]) -> list[tuple[str, str, tuple[int, ...]]]:
     """A ``Shape`` output for every tensor the rules saw whose shape may vary with the input's values."""
@@ -680,7 +746,7 @@ def _shape_checks(builder: _Builder, path_nodes: list[Any],
     return checks
 
 
-_RULE_MODULES = ("_elementwise", "_conv", "_tensor")
+_RULE_MODULES = ("_elementwise", "_conv", "_tensor", "_losses")
 
 
 def _load_rule_modules() -> None:

@@ -7,6 +7,7 @@ entry-point machinery just to ask whether it accepts a model object.
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -99,10 +100,13 @@ def _load_path(onnx: Any, path: Path) -> LoadedModel:
     if external:
         for tensor in external:
             _check_location(tensor, folder, label)
-        from onnx.external_data_helper import load_external_data_for_model
+        # each one loaded here, every kind included (onnx's own loader skips sparse and function tensors,
+        # which onnxruntime would then resolve against the working directory)
+        from onnx.external_data_helper import load_external_data_for_tensor
 
         try:
-            load_external_data_for_model(proto, str(folder))
+            for tensor in external:
+                load_external_data_for_tensor(tensor, str(folder))
         except Exception as exc:
             raise ModelError(
                 f"cannot load the external data of {label!r} from {str(folder)!r}: {exc}. Keep the data files "
@@ -127,26 +131,38 @@ def _check(loaded: LoadedModel) -> None:
 
 
 def _graph_tensors(graph: Any) -> Iterator[Any]:
-    """Every TensorProto of a graph: initializers, sparse initializers, attributes, subgraphs."""
+    """Every TensorProto of a graph: initializers, sparse initializers, attributes (dense and sparse,
+    single and lists), subgraphs."""
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices
     for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("g"):
-                yield from _graph_tensors(attribute.g)
-            for sub in attribute.graphs:
-                yield from _graph_tensors(sub)
+        yield from _node_tensors(node)
+
+
+def _node_tensors(node: Any) -> Iterator[Any]:
+    for attribute in node.attribute:
+        if attribute.HasField("t"):
+            yield attribute.t
+        yield from attribute.tensors
+        sparse_tensors = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
+        for sparse in [*sparse_tensors, *attribute.sparse_tensors]:
+            yield sparse.values
+            yield sparse.indices
+        if attribute.HasField("g"):
+            yield from _graph_tensors(attribute.g)
+        for sub in attribute.graphs:
+            yield from _graph_tensors(sub)
 
 
 def _external_tensors(proto: Any) -> Iterator[Any]:
+    """Every tensor stored as external data: in the graph and in the model's local functions."""
     from onnx import TensorProto
 
-    for tensor in _graph_tensors(proto.graph):
+    in_functions = (t for function in proto.functions for node in function.node for t in _node_tensors(node))
+    tensors = itertools.chain(_graph_tensors(proto.graph), in_functions)
+    for tensor in tensors:
         if tensor.data_location == TensorProto.EXTERNAL:
             yield tensor
 
@@ -305,10 +321,14 @@ def check_input_array(x: Any, name: str, shape: tuple[Dim, ...] | None, dtype: n
     if array.size == 0:
         raise InputError(f"x is empty (shape {array.shape}); {declared}. Pass at least one sample.")
     _check_shape(array.shape, shape, declared)
-    return np.ascontiguousarray(array, dtype=dtype)
+    # always a fresh array: onnxruntime may write into what it is fed (training-mode BatchNormalization
+    # updates its running statistics in place), and a rank-0 x keeps its shape (unlike ascontiguousarray)
+    return np.array(array, dtype=dtype, order="C", copy=True)
 
 
 def _check_shape(actual: tuple[int, ...], shape: tuple[Dim, ...] | None, declared: str) -> None:
+    """Rank and fixed sizes must match; a symbolic size is a hint, as for onnxruntime (two axes named
+    alike, or '?', may differ: exporters reuse names loosely and onnxruntime runs such inputs)."""
     if shape is None:
         return
     if len(actual) != len(shape):
@@ -316,15 +336,12 @@ def _check_shape(actual: tuple[int, ...], shape: tuple[Dim, ...] | None, declare
             f"x has shape {actual} (rank {len(actual)}), but {declared} (rank {len(shape)}). "
             "Reshape x to match (a batch axis first)."
         )
-    symbols: dict[str, int] = {}
     for axis, (size, dim) in enumerate(zip(actual, shape, strict=True)):
         if isinstance(dim, int) and size != dim:
             raise InputError(
                 f"x has shape {actual}, but {declared}: axis {axis} must be {dim}, not {size}. "
                 "Resize or reshape the input to the size the model was exported with."
             )
-        if isinstance(dim, str) and symbols.setdefault(dim, size) != size:
-            raise InputError(f"x has shape {actual}, but {declared}: the axes named {dim!r} must have equal sizes.")
 
 
 def check_seed(seed: Any, shape: tuple[int, ...], dtype: np.dtype, what: str, like: str) -> np.ndarray:
@@ -339,7 +356,7 @@ def check_seed(seed: Any, shape: tuple[int, ...], dtype: np.dtype, what: str, li
         raise InputError(
             f"the {what} has shape {array.shape}, but it must have the shape of {like}, {tuple(shape)}."
         )
-    return np.ascontiguousarray(array, dtype=dtype)
+    return np.array(array, dtype=dtype, order="C", copy=True)  # a fresh array, rank 0 kept
 
 
 def as_result(array: np.ndarray) -> np.ndarray:

@@ -17,8 +17,10 @@ Rules, in the order they apply:
   one). When that default output is a Softmax/LogSoftmax (possibly through Identity) the backend
   explains its input, the logits, and warns (:class:`LogitsWarning`); ``explain_logits=False`` or an
   explicit ``output_name`` keeps the probabilities.
-- **Dtypes**: ``x`` is checked against the declared (possibly symbolic) shape and fed in the declared
-  dtype (float16/32/64); results come back as float32, or float64 when the model computes in float64.
+- **Dtypes**: ``x`` is checked against the declared rank and fixed sizes (a symbolic size is a hint, as for
+  onnxruntime) and fed, as a copy, in the declared dtype (float16/32/64); results come back as float32, or
+  float64 when the model computes in float64. ``output_batch_axis`` names the output's batch axis when it
+  is not the first; results and cotangents are batch-first.
 - **Sessions**: ``providers`` defaults to the CPU. ``"cuda"``/``"CUDAExecutionProvider"`` is used when
   onnxruntime has it; asking for a provider onnxruntime lacks is an error (:class:`MissingDependencyError`),
   never a silent CPU run. Every session uses ``session_options`` when given, else ``ORT_ENABLE_ALL``.
@@ -56,12 +58,14 @@ from ...core.errors import (
 )
 from .._stacklevel import user_stacklevel
 from . import _model_io as io
+from . import _output_layout as layout
+from ._constant_inputs import checked_constant
 from ._float64 import float64_copy
 
 RELU_RULES = ("standard", "guided", "deconvnet")
 FALLBACKS = (None, "finite_differences")
 CACHE_SIZE = 8
-_RULE_MODULES = ("_elementwise", "_conv", "_tensor")
+_RULE_MODULES = ("_elementwise", "_conv", "_tensor", "_losses")
 _PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -135,7 +139,10 @@ class OnnxBackend:
     onnxruntime execution providers (default CPU; ``"cuda"`` for the GPU). ``fallback``:
     ``"finite_differences"`` to differentiate numerically when an operator has no rule.
     ``session_options``: an ``onnxruntime.SessionOptions`` used for every session. ``explain_logits``:
-    explain a final Softmax's input (see the module docstring).
+    explain a final Softmax's input (see the module docstring). ``constant_inputs``: values for the other
+    inputs (checked against their declared shapes and dtypes). ``output_batch_axis``: the explained output's
+    batch axis when it is not the first (a time-major ``(T, N, C)`` output: 1), or None when the output has
+    no batch axis (one sample per call); results and cotangents are batch-first either way.
     """
 
     def __init__(
@@ -149,6 +156,7 @@ class OnnxBackend:
         session_options: Any = None,
         explain_logits: bool = True,
         constant_inputs: Mapping[str, Any] | None = None,
+        output_batch_axis: int | None = 0,
     ) -> None:
         io.import_onnx()
         ort = io.import_onnxruntime()
@@ -161,6 +169,7 @@ class OnnxBackend:
             raise InputTypeError(
                 f"session_options must be an onnxruntime.SessionOptions, got {type(session_options).__name__}."
             )
+        self._output_batch_axis = layout.check_axis(output_batch_axis)
         loaded = io.load_model(model)
         load_rules()
         settings = {
@@ -178,6 +187,7 @@ class OnnxBackend:
         input_vi = _choose_input(graph, input_name, label, constant_inputs)
         if constant_inputs:
             _fold_constant_inputs(proto, constant_inputs, input_vi.name, label)
+        self._folded_constants = bool(constant_inputs)
         self._input_name = input_vi.name
         self._input_shape = io.declared_shape(input_vi)
         dtype = io.declared_dtype(input_vi)
@@ -266,25 +276,25 @@ class OnnxBackend:
         """The explained tensor for a batch, from a plain onnxruntime session on the original model."""
         x = self._check_x(x)
         (output,) = self._run(self._forward_session, [self._output_name], {self._input_name: x}, "forward")
-        return io.as_result(output)
+        return io.as_result(self._batch_first(output))
 
     def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(outputs, J(x)^T cotangent)`` from the reverse-mode gradient graph at ``x``'s shape."""
         x = self._check_x(x)
-        results = self._gradient(x, "vjp", None, cotangent, "VJP")
+        results = self._gradient(x, "vjp", None, self._model_layout(cotangent, "cotangent"), "VJP")
         if results is None:
-            return self._numeric().vjp(x, cotangent)
+            return self._numeric(x).vjp(x, cotangent)
         output, grad = results
-        return io.as_result(output), io.as_result(grad)
+        return io.as_result(self._batch_first(output)), io.as_result(grad)
 
     def jvp(self, x: np.ndarray, tangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(outputs, J(x) tangent)`` from the forward-mode gradient graph at ``x``'s shape."""
         x = self._check_x(x)
         results = self._gradient(x, "jvp", None, tangent, "JVP")
         if results is None:
-            return self._numeric().jvp(x, tangent)
+            return self._numeric(x).jvp(x, tangent)
         output, product = results
-        return io.as_result(output), io.as_result(product)
+        return io.as_result(self._batch_first(output)), io.as_result(self._batch_first(product))
 
     def layer_vjp(self, x: np.ndarray, layer: str, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(activation, d<outputs, cotangent>/d activation)`` at the tensor named ``layer``.
@@ -296,7 +306,8 @@ class OnnxBackend:
         if layer == self._input_name:
             _, grad = self.vjp(x, cotangent)
             return io.as_result(x.copy()), grad  # a copy: x may be the caller's own array
-        activation, grad = self._gradient(x, "vjp", layer, cotangent, f"layer VJP at {layer!r}")
+        activation, grad = self._gradient(x, "vjp", layer, self._model_layout(cotangent, "cotangent"),
+                                          f"layer VJP at {layer!r}")
         return io.as_result(activation), io.as_result(grad)
 
     def layer_names(self, op_types: Sequence[str] | str = ("Conv",)) -> list[str]:
@@ -341,11 +352,7 @@ class OnnxBackend:
         if not names:
             raise InputError("randomized() needs at least one layer name.")
         proto = io.randomize(self._shared.proto, names, int(seed))
-        twin = object.__new__(OnnxBackend)
-        twin._setup(proto, f"{self._shared.label} (randomised {', '.join(names)})", self._shared.settings,
-                    self._input_name, self._output_name, False, None)
-        twin._relu_rule = self._relu_rule
-        return twin
+        return self._twin(proto, f"{self._shared.label} (randomised {', '.join(names)})")
 
     def float64(self) -> OnnxBackend | None:
         """A backend on a float64 copy of the model (see ``_float64``), for gradient checks as strict as
@@ -355,18 +362,31 @@ class OnnxBackend:
             return self
         if self._input_dtype != np.float32:
             return None
-        twin = object.__new__(OnnxBackend)
         try:
-            twin._setup(float64_copy(self._shared.proto), f"{self._shared.label} (float64)", self._shared.settings,
-                        self._input_name, self._output_name, False, None)
+            return self._twin(float64_copy(self._shared.proto), f"{self._shared.label} (float64)")
         except GradsalError:
             return None
+
+    def _twin(self, proto: Any, label: str) -> OnnxBackend:
+        """A backend on another version of this model (same input, output, settings and ReLU rule)."""
+        twin = object.__new__(OnnxBackend)
+        twin._setup(proto, label, self._shared.settings, self._input_name, self._output_name, False, None)
         twin._relu_rule = self._relu_rule
+        twin._folded_constants = self._folded_constants
+        twin._output_batch_axis = self._output_batch_axis
         return twin
 
     # ---------------------------------------------------------------------------------------- internals
     def _check_x(self, x: Any) -> np.ndarray:
-        return io.check_input_array(x, self._input_name, self._input_shape, self._input_dtype)
+        x = io.check_input_array(x, self._input_name, self._input_shape, self._input_dtype)
+        layout.check_one_sample(x, self._output_batch_axis)
+        return x
+
+    def _batch_first(self, output: np.ndarray) -> np.ndarray:
+        return layout.to_batch_first(output, self._output_batch_axis, self._output_name)
+
+    def _model_layout(self, seed: Any, what: str) -> Any:
+        return layout.to_model_layout(seed, self._output_batch_axis, self._output_name, what)
 
     def _check_layer(self, layer: Any) -> None:
         if not isinstance(layer, str):
@@ -510,10 +530,14 @@ class OnnxBackend:
                 f"onnxruntime failed running the {what} of {self._shared.label} (fed {fed}): {_message(exc)}"
             ) from exc
 
-    def _numeric(self) -> Any:
+    def _numeric(self, x: np.ndarray | None = None) -> Any:
         from ..numpy import FunctionBackend
 
         batch = self._input_shape[0] if self._input_shape else None
+        if not isinstance(batch, int) and self._folded_constants and x is not None and x.ndim:
+            batch = x.shape[0]  # a constant input (a recurrent state) may be sized for x's batch only
+        if self._output_batch_axis is None:
+            batch = 1  # one sample per run
         return FunctionBackend(self._forward_in_batches_of(batch) if isinstance(batch, int) else self.forward)
 
     def _forward_in_batches_of(self, batch: int) -> Any:
@@ -625,8 +649,7 @@ def _fold_constant_inputs(proto: Any, constant_inputs: Mapping[str, Any], input_
                 f"constant_inputs names {name!r}, which is not another input of {label}; its inputs are "
                 f"{', '.join(io.describe_input(vi) for vi in inputs.values())}."
             )
-        dtype = io.declared_dtype(inputs[name])
-        array = np.asarray(value, dtype=dtype)
+        array = checked_constant(value, inputs[name], label)
         proto.graph.initializer.append(numpy_helper.from_array(array, name))
         kept = [vi for vi in proto.graph.input if vi.name != name]
         del proto.graph.input[:]
