@@ -31,7 +31,7 @@ import numpy as np
 from .. import core
 from ..core.errors import GradsalError, InputError, MissingDependencyError
 from . import preprocess
-from .commands import attribution_function, resolve_targets, with_preprocessing
+from .commands import attribution_function, method_target, resolve_targets, with_preprocessing
 from .images import DEFAULT_MAX_PIXELS
 from .inputs import (
     IMAGE_SUFFIXES,
@@ -72,6 +72,7 @@ class AuditSettings:
     input_name: str | None = None
     constant_inputs: tuple[str, ...] = ()
     model_class: str | None = None
+    output_batch_axis: int | None = 0
     preprocessing: Preprocessing | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
@@ -136,7 +137,7 @@ class Auditor:
         outputs = np.asarray(self.model.backend.forward(x))
         labels = list(self.settings.labels) if self.settings.labels else None
         targets = resolve_targets(self.settings.target, outputs, labels)
-        attributions = self.explain(self.model.backend, x, targets, name_offset(record.name))
+        attributions = self.explain(self.model.backend, x, method_target(targets, outputs), name_offset(record.name))
         saliency = self._map(attributions, image.placement)
         flat = outputs.reshape(1, -1)
         row: dict[str, Any] = {
@@ -159,7 +160,7 @@ def open_audit_model(settings: AuditSettings) -> LoadedModel:
     """The backend the settings name, fed by their preprocessing (wrapped when it is channels-last)."""
     model = load_model(settings.model, output_name=settings.output_name, input_name=settings.input_name,
                        constant_inputs=read_constant_inputs(list(settings.constant_inputs)),
-                       model_class=settings.model_class)
+                       model_class=settings.model_class, output_batch_axis=settings.output_batch_axis)
     prep = settings.preprocessing
     if prep is None:
         prep = preprocess.choose(model.input_shape, model.path)[0]

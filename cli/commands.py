@@ -72,6 +72,12 @@ def resolve_targets(target: str, outputs: np.ndarray, labels: list[str] | None) 
     return np.full(len(outputs), index)
 
 
+def method_target(targets: np.ndarray, outputs: np.ndarray) -> np.ndarray | None:
+    """What the methods take for ``targets``: the indices, or None where each sample's output is one value
+    (``--output-batch-axis none`` on a scalar output), which the methods then explain as it is."""
+    return None if outputs.ndim == 1 else targets
+
+
 def _class_name(index: int, labels: list[str] | None) -> str:
     return labels[index] if labels and index < len(labels) else str(index)
 
@@ -91,7 +97,8 @@ def open_model(args: argparse.Namespace, *, quiet: bool | None = None) -> Loaded
     (from its declared input, a JSON file, a preset and the flags; see :mod:`.preprocess`). A channels-last
     model is wrapped so that everything else works in NCHW; the decisions are noted on stderr."""
     model = load_model(args.model, output_name=args.output_name, input_name=args.input_name,
-                       constant_inputs=read_constant_inputs(args.constant_input), model_class=args.model_class)
+                       constant_inputs=read_constant_inputs(args.constant_input), model_class=args.model_class,
+                       output_batch_axis=args.output_batch_axis)
     overrides = {
         "layout": args.layout, "channel_order": args.channel_order, "resize": args.resize,
         "pixel_range": tuple(args.pixel_range) if args.pixel_range else None,
@@ -145,13 +152,21 @@ def _preprocess(args: argparse.Namespace, model: LoadedModel, paths: list[Path],
     return samples
 
 
+def _batch_axis_hint(shape: tuple[int, ...], n_inputs: int) -> str:
+    axes = [axis for axis, size in enumerate(shape) if size == n_inputs and axis > 0]
+    if axes:  # a time-major output, (T, N, C) say
+        return (f"if its batch is axis {axes[0]}, pass --output-batch-axis {axes[0]}; else explain a per-sample "
+                "tensor with --output-name NAME (see gradsal inspect MODEL)")
+    return "explain a per-sample tensor with --output-name NAME (see gradsal inspect MODEL)"
+
+
 def check_outputs(outputs: Any, n_inputs: int, model: LoadedModel) -> np.ndarray:
     """The model's outputs for ``n_inputs`` inputs, as one row per input, or an error saying what to explain."""
     outputs = np.asarray(outputs)
     if outputs.ndim == 0 or len(outputs) != n_inputs:
         raise ModelError(
             f"{model.path.name}'s explained output has shape {outputs.shape}, not one row per input ({n_inputs}): "
-            "explain a per-sample tensor with --output-name NAME (see gradsal inspect MODEL)"
+            + _batch_axis_hint(outputs.shape, n_inputs)
         )
     if not np.issubdtype(outputs.dtype, np.floating):
         raise ModelError(
@@ -203,7 +218,7 @@ def run_explain(args: argparse.Namespace) -> int:
         x = np.stack([s.array for s in batch])
         outputs = check_outputs(model.backend.forward(x), len(x), model)
         targets = resolve_targets(args.target, outputs, labels)
-        attributions = explain(model.backend, x, targets, start)
+        attributions = explain(model.backend, x, method_target(targets, outputs), start)
         summary += _write_results(args, out, batch, outputs, targets, attributions, labels)
         messages.flush()  # the first results are in: what was decided on the way is worth reading now
         if bar is not None:

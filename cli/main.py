@@ -40,12 +40,24 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, inputs_required: bo
     parser.add_argument("--seed", type=int, default=0, help="random seed (noise, random check inputs)")
 
 
+def _batch_axis(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an axis number or 'none', not {text!r}") from None
+
+
 def _add_tensor_and_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
     from .preprocess import CHANNEL_ORDERS, LAYOUTS, PRESETS, RESIZE_MODES
 
     parser.add_argument("--input-name", help="ONNX: the input to differentiate (when the model has several)")
     parser.add_argument("--constant-input", action="append", metavar="NAME=FILE.npy",
                         help="ONNX: fix another input to the array in FILE.npy (repeatable)")
+    parser.add_argument("--output-batch-axis", type=_batch_axis, default=0, metavar="AXIS",
+                        help="ONNX: the explained output's batch axis when it is not the first (a time-major "
+                             "(T, N, C) output: 1); 'none': the output has no batch axis (one sample per call)")
     parser.add_argument("--model-class", metavar="PACKAGE.MODULE:CLASS",
                         help="load a state_dict file into this architecture (called with no arguments)")
     parser.add_argument("--preset", choices=list(PRESETS), help="named preprocessing (see README)")

@@ -76,6 +76,16 @@ def test_ddddocr_keeps_its_aspect_at_height_64(tmp_path: Path, capsys) -> None:
     status, _, err = run(capsys, "explain", model, tmp_path / "line.png", "--out", tmp_path / "out")
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and "not one row per input" in lines[0], err
+    assert "--output-batch-axis 1" in lines[0]
+    # named, the batch axis makes it explainable, as the Python API does it
+    status, _, err = run(capsys, "explain", model, tmp_path / "line.png", "--output-batch-axis", "1",
+                         "--format", "npy", "--out", tmp_path / "out")
+    assert status == 0, err
+    import gradsal.core as gs
+    from gradsal.backends.onnx import OnnxBackend
+
+    expected = gs.vanilla_gradient(OnnxBackend(str(model), output_batch_axis=1), samples[0].array[None])
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "line_vanilla.npy"), expected[0], rtol=1e-5, atol=1e-7)
 
 
 def test_the_audit_of_open_nsfw_scores_as_explain_does(tmp_path: Path, capsys) -> None:

@@ -294,3 +294,16 @@ def test_fixed_height_dynamic_width_explains_lines_of_different_widths(tmp_path:
     assert status == 0, err
     assert np.load(tmp_path / "a" / "short_vanilla.npy").shape == (3, 8, 16)  # height 8, aspect kept
     assert np.load(tmp_path / "a" / "long_vanilla.npy").shape == (3, 8, 48)
+
+
+def test_output_batch_axis_takes_a_number_or_none(tmp_path: Path, capsys) -> None:
+    write_image(tmp_path / "cat.png")
+    with pytest.raises(SystemExit) as exit_info:
+        run(capsys, "explain", scalar_output_model(tmp_path / "sum.onnx"), tmp_path / "cat.png",
+            "--output-batch-axis", "first")
+    assert_one_line_error(exit_info.value.code, capsys.readouterr().err, "an axis number or 'none'")
+    # a scalar output of a model with a fixed batch of 1 is that one sample's output
+    status, _, err = run(capsys, "explain", tmp_path / "sum.onnx", tmp_path / "cat.png", "--output-batch-axis", "none",
+                         "--format", "npy", "--out", tmp_path / "b")
+    assert status == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "b" / "cat_vanilla.npy"), 1.0)  # d(sum x)/dx = 1 everywhere
