@@ -99,7 +99,7 @@ def run_explain_text(args: argparse.Namespace) -> int:
 def _resolve_model(args: argparse.Namespace) -> tuple[Any, str | None, list[str] | None]:
     from .inputs import read_labels
 
-    if args.model == DEMO and not Path(DEMO).exists():
+    if args.model == DEMO and not Path(DEMO).is_file():  # a folder named demo is not a model
         from ..reference_models.text import load_text_classifier, text_metadata, text_tokenizer_path
 
         labels = read_labels(args.labels) or text_metadata()["class_names"]
