@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _model_io as io
+
 
 class StraightThroughWarning(UserWarning):
     """gradsal differentiates a quantised model as the float network it approximates (straight-through)."""
@@ -45,7 +47,7 @@ def float_equivalent(model: Any) -> tuple[Any, int]:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph = copy.graph
-    constants = _constants(graph)
+    constants = io.constant_values(graph)
     # Clip takes its bounds as inputs from opset 11
     opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 0)
     made_by = {name: node for node in graph.node for name in node.output if name}
@@ -82,19 +84,6 @@ def float_equivalent(model: Any) -> tuple[Any, int]:
     graph.node.extend(nodes)
     graph.initializer.extend(new_weights)
     return copy, len(replaced)
-
-
-def _constants(graph: Any) -> dict[str, np.ndarray]:
-    """Initializers and ``Constant`` node values (dense ``value`` only), by name."""
-    from onnx import numpy_helper
-
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    inputs = {vi.name for vi in graph.input}
-    values = {name: value for name, value in values.items() if name not in inputs}  # overridable defaults
-    for node in graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
 
 
 def _same(a: str, b: str, constants: dict[str, np.ndarray]) -> bool:

@@ -14,7 +14,8 @@ Rules, in the order they apply:
   ``constant_inputs={name: array}`` (they become constants of gradsal's private copy).
 - **Output**: ``output_name`` is any graph output or intermediate tensor (default: the first graph
   output that is not declared integer or boolean, with an :class:`OutputChoiceWarning` when that skips
-  one). When that default output is a Softmax/LogSoftmax (possibly through Identity) the backend
+  one). When that default output is a Softmax/LogSoftmax (possibly through Identity; also a softmax
+  written as Exp/ReduceSum/Div or Mul(Reciprocal), with or without the max subtracted) the backend
   explains its input, the logits, and warns (:class:`LogitsWarning`); ``explain_logits=False`` or an
   explicit ``output_name`` keeps the probabilities.
 - **Dtypes**: ``x`` is checked against the declared rank and fixed sizes (a symbolic size is a hint, as for
@@ -65,6 +66,7 @@ from . import _model_io as io
 from . import _output_layout as layout
 from ._constant_inputs import checked_constant
 from ._float64 import float64_copy
+from ._softmax_head import softmax_logits
 from ._straight_through import StraightThroughWarning, float_equivalent
 
 RELU_RULES = ("standard", "guided", "deconvnet")
@@ -695,11 +697,16 @@ def _choose_output(graph: Any, output_name: str | None, explain_logits: bool, la
     node = made_by.get(first)
     while node is not None and node.op_type == "Identity":
         node = made_by.get(node.input[0])
-    if node is None or node.op_type not in ("Softmax", "LogSoftmax") or node.domain not in ("", "ai.onnx"):
+    if node is None:
         return first
-    logits = node.input[0]
+    if node.op_type in ("Softmax", "LogSoftmax") and node.domain in ("", "ai.onnx"):
+        logits, head = node.input[0], node.op_type
+    else:
+        logits, head = softmax_logits(node, graph), "softmax (Exp/ReduceSum/Div)"
+        if logits is None:
+            return first
     warnings.warn(
-        f"The model's output {first!r} is the {node.op_type} of {logits!r}: gradsal explains the logits "
+        f"The model's output {first!r} is the {head} of {logits!r}: gradsal explains the logits "
         f"{logits!r} (gradients of normalised probabilities mix in every other class). Pass "
         f"output_name={first!r} or explain_logits=False to explain the probabilities.",
         LogitsWarning, stacklevel=4)
