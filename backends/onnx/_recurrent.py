@@ -215,6 +215,11 @@ class _Cell:
             candidate = emit("Tanh", [emit("Add", [self.block(emit, p, 2, 1, 1), recurrent])])
             return emit("Add", [candidate, emit("Mul", [z, emit("Sub", [h, candidate])])]), None  # (1-z) h~ + z h
         gates = emit("Add", [p, emit("MatMul", [h, self.r_t])])
+        if not peep:  # i, o, f are contiguous: one Sigmoid (and one derivative) for the three
+            sigmoid_block, g = emit.split(gates, [3 * self.hidden, self.hidden], 1)
+            i, o, f = emit.split(emit("Sigmoid", [sigmoid_block]), [self.hidden] * 3, 1)
+            c_next = emit("Add", [emit("Mul", [f, c]), emit("Mul", [i, emit("Tanh", [g])])])
+            return emit("Mul", [o, emit("Tanh", [c_next])]), c_next
         i, o, f, g = emit.split(gates, [self.hidden] * 4, 1)
         if peep:
             i = emit("Add", [i, emit("Mul", [c, peep[0]])])
