@@ -387,7 +387,9 @@ class OnnxBackend:
     def _twin(self, proto: Any, label: str) -> OnnxBackend:
         """A backend on another version of this model (same input, output, settings and ReLU rule)."""
         twin = object.__new__(OnnxBackend)
-        twin._setup(proto, label, self._shared.settings, self._input_name, self._output_name, False, None)
+        with warnings.catch_warnings():  # the user was told once, by this backend
+            warnings.simplefilter("ignore", StraightThroughWarning)
+            twin._setup(proto, label, self._shared.settings, self._input_name, self._output_name, False, None)
         twin._relu_rule = self._relu_rule
         twin._folded_constants = self._folded_constants
         twin._output_batch_axis = self._output_batch_axis
