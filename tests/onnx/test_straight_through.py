@@ -111,19 +111,22 @@ class _ConvNet(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def float_and_quantised(tmp_path_factory: pytest.TempPathFactory) -> tuple[_ConvNet, Path, Path, Path]:
+def float_and_quantised(tmp_path_factory: pytest.TempPathFactory) -> tuple[_ConvNet, Path, dict[bool, Path], Path]:
     torch.manual_seed(3)
     net = _ConvNet().eval()
     folder = tmp_path_factory.mktemp("quantised")
-    float_path, dynamic_path, qdq_path = folder / "f.onnx", folder / "dynamic.onnx", folder / "qdq.onnx"
+    float_path, qdq_path = folder / "f.onnx", folder / "qdq.onnx"
+    dynamic_paths = {per_channel: folder / f"dynamic_{per_channel}.onnx" for per_channel in (False, True)}
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation, onnxruntime's pre-processing advice
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (torch.randn(1, 2, 8, 8),), str(float_path), input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
-        quantization.quantize_dynamic(str(float_path), str(dynamic_path), weight_type=quantization.QuantType.QUInt8)
+        for per_channel, dynamic_path in dynamic_paths.items():  # per channel: the MatMul's scale per column
+            quantization.quantize_dynamic(str(float_path), str(dynamic_path), per_channel=per_channel,
+                                          weight_type=quantization.QuantType.QUInt8)
         quantization.quantize_static(str(float_path), str(qdq_path), _Calibration(),
                                      quant_format=quantization.QuantFormat.QDQ)
-    return net, float_path, dynamic_path, qdq_path
+    return net, float_path, dynamic_paths, qdq_path
 
 
 class _Calibration(quantization.CalibrationDataReader):
@@ -152,8 +155,10 @@ def _samples(seed: int) -> tuple[np.ndarray, np.ndarray]:
             rng.standard_normal((SAMPLES, 5)).astype(np.float32))
 
 
-def test_dynamic_quantisation_gives_the_float_network_gradient(float_and_quantised) -> None:
-    net, float_path, dynamic_path, _ = float_and_quantised
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dynamic_quantisation_gives_the_float_network_gradient(float_and_quantised, per_channel: bool) -> None:
+    net, float_path, dynamic_paths, _ = float_and_quantised
+    dynamic_path = dynamic_paths[per_channel]
     x, v = _samples(1)
     with pytest.warns(StraightThroughWarning, match="2 quantised pattern"):
         backend = OnnxBackend(str(dynamic_path), quantised="straight_through")
