@@ -2,7 +2,8 @@
 
 For each model family in ``gradsal.reference_models.architectures`` (ResNet-, MobileNet-, OCR- and
 detector-style, random weights, small inputs; plus the full-size MobileNetV2 at 224x224, and ResNet-50 on
-request), exported from torch at opset 17, one run measures on the CPU with the same thread count
+request; and ``ocr_lstm``, a CNN + stacked bidirectional LSTM text recogniser defined here, whose LSTMs
+gradsal unrolls), exported from torch at opset 17, one run measures on the CPU with the same thread count
 everywhere:
 
 - the plain onnxruntime forward (ORT_ENABLE_ALL);
@@ -41,6 +42,33 @@ import numpy as np
 FAMILIES = ("small_resnet", "small_mobilenet", "ocr_style", "detector_style")
 # full-size networks at 3x224x224 (minutes on 2 cores with onnx-ad and torch beside them)
 FULL_SIZE = ("mobilenet_v2", "resnet50")
+# families defined in this file, not in gradsal.reference_models
+RECURRENT = ("ocr_lstm",)
+
+
+def ocr_lstm(num_classes: int = 37, hidden: int = 64):
+    """CNN + LSTM text recogniser on 1x32x128 lines (the captcha-OCR shape): two Conv-ReLU-MaxPool stages,
+    the 32 columns as a sequence, two stacked bidirectional LSTM layers, per-step logits ``(N, 32, classes)``."""
+    import torch
+    from torch import nn
+
+    class OcrLstm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.input_shape = (1, 32, 128)
+            self.convs = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                       nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d((4, 2)))
+            self.embed = nn.Linear(64 * 4, hidden)  # (N, 64, 4, 32) -> 32 steps of 256 features
+            self.lstm = nn.LSTM(hidden, hidden, num_layers=2, bidirectional=True, batch_first=True)
+            self.head = nn.Linear(2 * hidden, num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = self.convs(x)
+            n, c, h, w = features.shape
+            steps = self.embed(features.reshape(n, c * h, w).transpose(1, 2))
+            return self.head(self.lstm(steps)[0])
+
+    return OcrLstm()
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -78,9 +106,10 @@ def interleaved_min_ms(fns: list[Callable[[], object]], repeats: int, block: int
 
 
 def top_class_cotangent(logits: np.ndarray) -> np.ndarray:
-    """One-hot rows on each sample's top-scoring class: the cotangent of a vanilla saliency map."""
+    """One-hot on each sample's top-scoring class (the last axis; per step for ``(N, T, classes)``): the
+    cotangent of a vanilla saliency map (of the greedy decoding, for a sequence)."""
     cotangent = np.zeros_like(logits)
-    cotangent[np.arange(len(logits)), logits.argmax(axis=1)] = 1.0
+    np.put_along_axis(cotangent, logits.argmax(axis=-1)[..., None], 1.0, axis=-1)
     return cotangent
 
 
@@ -106,7 +135,7 @@ def export(name: str, batch: int, folder: Path, symbolic_batch: bool = False):
     from gradsal.reference_models import architectures
 
     torch.manual_seed(0)
-    module = getattr(architectures, name)().eval()
+    module = (ocr_lstm() if name == "ocr_lstm" else getattr(architectures, name)()).eval()
     shape = getattr(module, "input_shape", (3, 64, 64))
     x = torch.rand(batch, *shape)
     path = folder / f"{name}{'_dynamic' if symbolic_batch else ''}.onnx"
@@ -293,7 +322,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--models", nargs="+", default=[*FAMILIES, "mobilenet_v2"], choices=[*FAMILIES, *FULL_SIZE])
+    parser.add_argument("--models", nargs="+", default=[*FAMILIES, *RECURRENT, "mobilenet_v2"],
+                        choices=[*FAMILIES, *FULL_SIZE, *RECURRENT])
     parser.add_argument("--fd", action="store_true", help="also time finite differences (slow)")
     parser.add_argument("--interleaved", type=int, default=0, metavar="R",
                         help="also the ratio of the fastest of R interleaved runs of the forward and the VJP")

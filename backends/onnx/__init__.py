@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...core.registry import BackendPlugin, module_type_matches
+from ._straight_through import StraightThroughWarning
 from .backend import FiniteDifferenceWarning, LogitsWarning, OnnxBackend, OutputChoiceWarning, is_onnx_path, load_rules
 
 
@@ -40,6 +41,7 @@ __all__ = [
     "LogitsWarning",
     "OnnxBackend",
     "OutputChoiceWarning",
+    "StraightThroughWarning",
     "load_rules",
     "plugin",
     "supported_operators",

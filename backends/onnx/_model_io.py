@@ -276,6 +276,19 @@ def close_matches(name: str, candidates: Sequence[str], what: str) -> str:
     return f"The model's {what}: {shown}{more}." if candidates else ""
 
 
+def constant_values(graph: Any) -> dict[str, np.ndarray]:
+    """Initializers and ``Constant`` node values (dense ``value`` only), by name."""
+    from onnx import numpy_helper
+
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    inputs = {vi.name for vi in graph.input}
+    values = {name: value for name, value in values.items() if name not in inputs}  # overridable defaults
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
 def producers(graph: Any) -> dict[str, Any]:
     return {name: node for node in graph.node for name in node.output if name}
 

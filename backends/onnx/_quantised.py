@@ -55,6 +55,8 @@ def refuse_quantisation(graph: Any, source: str, output: str, reads: Any, opset:
         f"the model is quantised: {kinds} ({len(found)} node(s), the first {first.name or '(unnamed)'!r}, opset "
         f"{opset}) lie between {source!r} and the explained output {output!r}. Quantised arithmetic rounds its "
         "inputs to integers, so the model is piecewise constant in them and has no useful gradient. Explain "
-        "the float model it was quantised from, or pass OnnxBackend(..., fallback='finite_differences') to "
-        "differentiate it numerically (steps must then exceed the quantisation step)."
+        "the float model it was quantised from; or pass OnnxBackend(..., quantised='straight_through') to "
+        "differentiate QuantizeLinear->DequantizeLinear pairs and DynamicQuantizeLinear->ConvInteger/MatMulInteger "
+        "as the float network they approximate (other quantised operators stay refused); or pass "
+        "fallback='finite_differences' to differentiate it numerically (steps must then exceed the quantisation step)."
     )

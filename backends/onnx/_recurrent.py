@@ -95,6 +95,20 @@ class _Emitter:
     def pick(self, name: str, index: int | list[int], axis: int) -> str:
         return self("Gather", [name, self.const(index, np.int64)], axis=axis)
 
+    def split(self, name: str, sizes: list[int], axis: int) -> list[str]:
+        """``name`` cut along ``axis`` into parts of ``sizes``, by one Split: its adjoint is one Concat, where
+        a Gather per part would scatter each part's cotangent back to the whole tensor and sum them."""
+        from onnx import helper
+
+        outputs = [self.fresh("part") for _ in sizes]
+        if self.opset >= 13:
+            node = helper.make_node("Split", [name, self.const(sizes, np.int64)], outputs,
+                                    name=self.fresh("node_split"), axis=axis)
+        else:
+            node = helper.make_node("Split", [name], outputs, name=self.fresh("node_split"), axis=axis, split=sizes)
+        self.nodes.append(node)
+        return outputs
+
 
 def unroll(node: Any, shapes: dict[str, tuple[int, ...]], values: dict[str, np.ndarray],
            taken: set[str], dtype: np.dtype, opset: int) -> tuple[list[Any], list[Any]]:
@@ -175,9 +189,14 @@ class _Cell:
         if bias:
             self.projected = emit("Add", [self.projected, emit("Add", [input_bias, recurrent_bias])])
 
+    def cut_steps(self, emit: _Emitter, steps: int, batch: int) -> None:
+        """The projected inputs of each step, ``(batch, gates hidden)``, cut by one Split."""
+        parts = emit.split(self.projected, [1] * steps, 0) if steps > 1 else [self.projected]
+        self.per_step = [emit.reshape(part, [batch, self.gates * self.hidden]) for part in parts]
+
     def step(self, emit: _Emitter, t: int, h: str, c: str | None,
              peep: list[str] | None) -> tuple[str, str | None]:
-        p = emit.pick(self.projected, t, 0)  # (batch, gates hidden)
+        p = self.per_step[t]  # (batch, gates hidden)
         if self.op == "RNN":
             return emit("Tanh", [emit("Add", [p, emit("MatMul", [h, self.r_t])])]), None
         if self.op == "GRU":
@@ -196,7 +215,12 @@ class _Cell:
             candidate = emit("Tanh", [emit("Add", [self.block(emit, p, 2, 1, 1), recurrent])])
             return emit("Add", [candidate, emit("Mul", [z, emit("Sub", [h, candidate])])]), None  # (1-z) h~ + z h
         gates = emit("Add", [p, emit("MatMul", [h, self.r_t])])
-        i, o, f, g = (self.block(emit, gates, k, 1, 1) for k in range(4))
+        if not peep:  # i, o, f are contiguous: one Sigmoid (and one derivative) for the three
+            sigmoid_block, g = emit.split(gates, [3 * self.hidden, self.hidden], 1)
+            i, o, f = emit.split(emit("Sigmoid", [sigmoid_block]), [self.hidden] * 3, 1)
+            c_next = emit("Add", [emit("Mul", [f, c]), emit("Mul", [i, emit("Tanh", [g])])])
+            return emit("Mul", [o, emit("Tanh", [c_next])]), c_next
+        i, o, f, g = emit.split(gates, [self.hidden] * 4, 1)
         if peep:
             i = emit("Add", [i, emit("Mul", [c, peep[0]])])
             f = emit("Add", [f, emit("Mul", [c, peep[2]])])
@@ -213,6 +237,7 @@ def _direction(emit: _Emitter, cell: _Cell, x: str, w: str, r: str, b: str, init
     """(Y of this direction as (T, 1, batch, hidden), last hidden state, last cell state or None)."""
     hidden = cell.hidden
     cell.prepare(emit, x, w, r, b, d)
+    cell.cut_steps(emit, steps, batch)
     zeros = emit.const(np.zeros((batch, hidden)))
     h = emit.pick(initial_h, d, 0) if initial_h else zeros
     c = (emit.pick(initial_c, d, 0) if initial_c else zeros) if cell.op == "LSTM" else None

@@ -14,7 +14,8 @@ Rules, in the order they apply:
   ``constant_inputs={name: array}`` (they become constants of gradsal's private copy).
 - **Output**: ``output_name`` is any graph output or intermediate tensor (default: the first graph
   output that is not declared integer or boolean, with an :class:`OutputChoiceWarning` when that skips
-  one). When that default output is a Softmax/LogSoftmax (possibly through Identity) the backend
+  one). When that default output is a Softmax/LogSoftmax (possibly through Identity; also a softmax
+  written as Exp/ReduceSum/Div or Mul(Reciprocal), with or without the max subtracted) the backend
   explains its input, the logits, and warns (:class:`LogitsWarning`); ``explain_logits=False`` or an
   explicit ``output_name`` keeps the probabilities.
 - **Dtypes**: ``x`` is checked against the declared rank and fixed sizes (a symbolic size is a hint, as for
@@ -24,6 +25,10 @@ Rules, in the order they apply:
 - **Sessions**: ``providers`` defaults to the CPU. ``"cuda"``/``"CUDAExecutionProvider"`` is used when
   onnxruntime has it; asking for a provider onnxruntime lacks is an error (:class:`MissingDependencyError`),
   never a silent CPU run. Every session uses ``session_options`` when given, else ``ORT_ENABLE_ALL``.
+- **Quantised models**: refused by name (:class:`UnsupportedOperatorError`) unless
+  ``quantised="straight_through"``: QuantizeLinear/DequantizeLinear pairs and dynamic quantisation
+  (``ConvInteger``/``MatMulInteger``) are then differentiated as the float network they approximate
+  (``_straight_through``, with a :class:`StraightThroughWarning`); outputs stay the quantised model's.
 - **Fallback**: an operator without a differentiation rule raises :class:`UnsupportedOperatorError`;
   ``fallback="finite_differences"`` instead warns (:class:`FiniteDifferenceWarning`) and differentiates
   the whole model numerically (central differences of ``forward``: slow, approximate). ``layer_vjp``
@@ -61,9 +66,12 @@ from . import _model_io as io
 from . import _output_layout as layout
 from ._constant_inputs import checked_constant
 from ._float64 import float64_copy
+from ._softmax_head import softmax_logits
+from ._straight_through import StraightThroughWarning, float_equivalent
 
 RELU_RULES = ("standard", "guided", "deconvnet")
 FALLBACKS = (None, "finite_differences")
+QUANTISED = ("refuse", "straight_through")
 CACHE_SIZE = 8
 _RULE_MODULES = ("_elementwise", "_conv", "_tensor", "_losses")
 _PROVIDER_ALIASES = {
@@ -123,6 +131,7 @@ class _Shared:
         self.proto = proto
         self.label = label
         self.settings = settings
+        self.gradient_proto = proto  # what gradient graphs differentiate (the float network, straight-through)
         self.cache: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
         self.lock = threading.Lock()
         # per (shape, mode, wrt, relu rule): calls left that go straight to the exact-ties graph, after a
@@ -142,7 +151,8 @@ class OnnxBackend:
     explain a final Softmax's input (see the module docstring). ``constant_inputs``: values for the other
     inputs (checked against their declared shapes and dtypes). ``output_batch_axis``: the explained output's
     batch axis when it is not the first (a time-major ``(T, N, C)`` output: 1), or None when the output has
-    no batch axis (one sample per call); results and cotangents are batch-first either way.
+    no batch axis (one sample per call); results and cotangents are batch-first either way. ``quantised``:
+    ``"straight_through"`` differentiates a quantised model as the float network it approximates.
     """
 
     def __init__(
@@ -157,11 +167,14 @@ class OnnxBackend:
         explain_logits: bool = True,
         constant_inputs: Mapping[str, Any] | None = None,
         output_batch_axis: int | None = 0,
+        quantised: str = "refuse",
     ) -> None:
         io.import_onnx()
         ort = io.import_onnxruntime()
         if fallback not in FALLBACKS:
             raise InputError(f"fallback must be None or 'finite_differences', got {fallback!r}.")
+        if quantised not in QUANTISED:
+            raise InputError(f"quantised must be 'refuse' or 'straight_through', got {quantised!r}.")
         for arg, value in (("input_name", input_name), ("output_name", output_name)):
             if value is not None and not isinstance(value, str):
                 raise InputTypeError(f"{arg} must be a tensor name (str) or None, got {type(value).__name__}.")
@@ -175,6 +188,7 @@ class OnnxBackend:
         settings = {
             "providers": _providers(ort, providers),
             "fallback": fallback,
+            "quantised": quantised,
             "session_options": session_options if session_options is not None else _default_options(ort),
         }
         self._setup(loaded.proto, loaded.label, settings, input_name, output_name, explain_logits,
@@ -200,6 +214,8 @@ class OnnxBackend:
         self._output_name = _choose_output(graph, output_name, explain_logits, label)
         self._relu_rule = "standard"
         self._shared = _Shared(proto, label, settings)
+        if settings.get("quantised") == "straight_through":
+            self._shared.gradient_proto = _straight_through(proto, label)
         self._forward_session = self._make_forward_session()
 
     def _make_forward_session(self) -> Any:
@@ -285,7 +301,7 @@ class OnnxBackend:
         if results is None:
             return self._numeric(x).vjp(x, cotangent)
         output, grad = results
-        return io.as_result(self._batch_first(output)), io.as_result(grad)
+        return io.as_result(self._batch_first(self._quantised_output(x, output))), io.as_result(grad)
 
     def jvp(self, x: np.ndarray, tangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(outputs, J(x) tangent)`` from the forward-mode gradient graph at ``x``'s shape."""
@@ -294,6 +310,7 @@ class OnnxBackend:
         if results is None:
             return self._numeric(x).jvp(x, tangent)
         output, product = results
+        output = self._quantised_output(x, output)
         return io.as_result(self._batch_first(output)), io.as_result(self._batch_first(product))
 
     def layer_vjp(self, x: np.ndarray, layer: str, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -370,7 +387,9 @@ class OnnxBackend:
     def _twin(self, proto: Any, label: str) -> OnnxBackend:
         """A backend on another version of this model (same input, output, settings and ReLU rule)."""
         twin = object.__new__(OnnxBackend)
-        twin._setup(proto, label, self._shared.settings, self._input_name, self._output_name, False, None)
+        with warnings.catch_warnings():  # the user was told once, by this backend
+            warnings.simplefilter("ignore", StraightThroughWarning)
+            twin._setup(proto, label, self._shared.settings, self._input_name, self._output_name, False, None)
         twin._relu_rule = self._relu_rule
         twin._folded_constants = self._folded_constants
         twin._output_batch_axis = self._output_batch_axis
@@ -387,6 +406,12 @@ class OnnxBackend:
 
     def _model_layout(self, seed: Any, what: str) -> Any:
         return layout.to_model_layout(seed, self._output_batch_axis, self._output_name, what)
+
+    def _quantised_output(self, x: np.ndarray, output: np.ndarray) -> np.ndarray:
+        """The model's own output: a straight-through gradient graph computes the float network's."""
+        if self._shared.gradient_proto is self._shared.proto:
+            return output
+        return self._run(self._forward_session, [self._output_name], {self._input_name: x}, "forward")[0]
 
     def _check_layer(self, layer: Any) -> None:
         if not isinstance(layer, str):
@@ -490,7 +515,7 @@ class OnnxBackend:
         shape = tuple(x.shape)
         try:
             graph = build_gradient_model(
-                self._shared.proto, shape, input_name=self._input_name, output_name=self._output_name,
+                self._shared.gradient_proto, shape, input_name=self._input_name, output_name=self._output_name,
                 mode=mode, wrt=wrt, relu_rule=self._relu_rule, probe_input=x, exact_ties=exact_ties,
             )
         except UnsupportedOperatorError as exc:
@@ -674,11 +699,16 @@ def _choose_output(graph: Any, output_name: str | None, explain_logits: bool, la
     node = made_by.get(first)
     while node is not None and node.op_type == "Identity":
         node = made_by.get(node.input[0])
-    if node is None or node.op_type not in ("Softmax", "LogSoftmax") or node.domain not in ("", "ai.onnx"):
+    if node is None:
         return first
-    logits = node.input[0]
+    if node.op_type in ("Softmax", "LogSoftmax") and node.domain in ("", "ai.onnx"):
+        logits, head = node.input[0], node.op_type
+    else:
+        logits, head = softmax_logits(node, graph), "softmax (Exp/ReduceSum/Div)"
+        if logits is None:
+            return first
     warnings.warn(
-        f"The model's output {first!r} is the {node.op_type} of {logits!r}: gradsal explains the logits "
+        f"The model's output {first!r} is the {head} of {logits!r}: gradsal explains the logits "
         f"{logits!r} (gradients of normalised probabilities mix in every other class). Pass "
         f"output_name={first!r} or explain_logits=False to explain the probabilities.",
         LogitsWarning, stacklevel=4)
@@ -699,6 +729,17 @@ def _first_float_output(graph: Any, label: str) -> str:
         warnings.warn(f"{label}: explaining its first float output {chosen!r}, not {skipped} (integer outputs have "
                       "no gradient); pass output_name= to choose another.", OutputChoiceWarning, stacklevel=5)
     return chosen
+
+
+def _straight_through(proto: Any, label: str) -> Any:
+    """The float network a quantised model approximates (the model itself when it has no such pattern)."""
+    rewritten, count = float_equivalent(proto)
+    if not count:
+        return proto
+    warnings.warn(f"{label}: gradients are those of the float network this quantised model approximates "
+                  f"(straight-through: {count} quantised pattern(s) differentiated as float operations).",
+                  StraightThroughWarning, stacklevel=user_stacklevel())
+    return rewritten
 
 
 def _message(exc: BaseException) -> str:
