@@ -67,7 +67,8 @@ def settings_from(args: argparse.Namespace, preprocessing: Any = None) -> Any:
         labels=tuple(labels) if labels else None, output_name=args.output_name, layer=args.layer,
         samples=args.samples, noise=args.noise, steps=args.steps, seed=args.seed, sign=args.sign,
         input_name=args.input_name, constant_inputs=_constant_input_specs(args.constant_input),
-        model_class=args.model_class, output_batch_axis=args.output_batch_axis, preprocessing=preprocessing,
+        model_class=args.model_class, output_batch_axis=args.output_batch_axis,
+        straight_through=args.straight_through, preprocessing=preprocessing,
         max_pixels=args.max_pixels,
     )
 

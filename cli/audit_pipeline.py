@@ -73,6 +73,7 @@ class AuditSettings:
     constant_inputs: tuple[str, ...] = ()
     model_class: str | None = None
     output_batch_axis: int | None = 0
+    straight_through: bool = False
     preprocessing: Preprocessing | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
@@ -160,7 +161,8 @@ def open_audit_model(settings: AuditSettings) -> LoadedModel:
     """The backend the settings name, fed by their preprocessing (wrapped when it is channels-last)."""
     model = load_model(settings.model, output_name=settings.output_name, input_name=settings.input_name,
                        constant_inputs=read_constant_inputs(list(settings.constant_inputs)),
-                       model_class=settings.model_class, output_batch_axis=settings.output_batch_axis)
+                       model_class=settings.model_class, output_batch_axis=settings.output_batch_axis,
+                       straight_through=settings.straight_through)
     prep = settings.preprocessing
     if prep is None:
         prep = preprocess.choose(model.input_shape, model.path)[0]

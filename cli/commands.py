@@ -98,7 +98,7 @@ def open_model(args: argparse.Namespace, *, quiet: bool | None = None) -> Loaded
     model is wrapped so that everything else works in NCHW; the decisions are noted on stderr."""
     model = load_model(args.model, output_name=args.output_name, input_name=args.input_name,
                        constant_inputs=read_constant_inputs(args.constant_input), model_class=args.model_class,
-                       output_batch_axis=args.output_batch_axis)
+                       output_batch_axis=args.output_batch_axis, straight_through=args.straight_through)
     overrides = {
         "layout": args.layout, "channel_order": args.channel_order, "resize": args.resize,
         "pixel_range": tuple(args.pixel_range) if args.pixel_range else None,

@@ -60,6 +60,7 @@ def load_model(
     constant_inputs: dict[str, np.ndarray] | None = None,
     model_class: str | None = None,
     output_batch_axis: int | None = 0,
+    straight_through: bool = False,
 ) -> LoadedModel:
     """An ONNX file, a TorchScript file, a ``torch.export`` program (``.pt2``), or a state_dict loaded into
     ``model_class`` (``package.module:Class``), as a backend."""
@@ -68,14 +69,14 @@ def load_model(
         raise InputError(f"model file {path!r} does not exist (pass the path to an .onnx, .pt2 or TorchScript file)")
     suffix = file.suffix.lower()
     onnx_only = {"--input-name": input_name, "--constant-input": constant_inputs,
-                 "--output-batch-axis": output_batch_axis != 0}
+                 "--output-batch-axis": output_batch_axis != 0, "--straight-through": straight_through}
     given = [flag for flag, value in onnx_only.items() if value]
     if suffix != ".onnx" and (given or output_name):
         raise InputError(f"{', '.join(given or ['--output-name'])} name ONNX tensors; {file.name} is a PyTorch file")
     if suffix == ".onnx":
         if model_class:
             raise InputError("--model-class loads a PyTorch state_dict; an .onnx file carries its own architecture")
-        return _load_onnx(file, output_name, input_name, constant_inputs, output_batch_axis)
+        return _load_onnx(file, output_name, input_name, constant_inputs, output_batch_axis, straight_through)
     if model_class:
         return _load_torch_module(torch_files.load_state_dict_into(file, model_class), file)
     if suffix == ".pt2":
@@ -89,11 +90,13 @@ def load_model(
 
 
 def _load_onnx(file: Path, output_name: str | None, input_name: str | None,
-               constant_inputs: dict[str, np.ndarray] | None, output_batch_axis: int | None = 0) -> LoadedModel:
+               constant_inputs: dict[str, np.ndarray] | None, output_batch_axis: int | None = 0,
+               straight_through: bool = False) -> LoadedModel:
     from ..backends.onnx import OnnxBackend
 
     backend = OnnxBackend(str(file), output_name=output_name, input_name=input_name,
-                          constant_inputs=constant_inputs or None, output_batch_axis=output_batch_axis)
+                          constant_inputs=constant_inputs or None, output_batch_axis=output_batch_axis,
+                          quantised="straight_through" if straight_through else "refuse")
     shape = backend.input_shape if hasattr(backend, "input_shape") else None
     return LoadedModel(backend, "onnx", _chw_of(shape), file, input_shape=shape,
                        constant_inputs=constant_inputs or None)

@@ -58,6 +58,9 @@ def _add_tensor_and_preprocessing_arguments(parser: argparse.ArgumentParser) -> 
     parser.add_argument("--output-batch-axis", type=_batch_axis, default=0, metavar="AXIS",
                         help="ONNX: the explained output's batch axis when it is not the first (a time-major "
                              "(T, N, C) output: 1); 'none': the output has no batch axis (one sample per call)")
+    parser.add_argument("--straight-through", action="store_true",
+                        help="ONNX: differentiate a quantised model as the float network it approximates "
+                             "(QuantizeLinear/DequantizeLinear and dynamic quantisation; gradsal warns)")
     parser.add_argument("--model-class", metavar="PACKAGE.MODULE:CLASS",
                         help="load a state_dict file into this architecture (called with no arguments)")
     parser.add_argument("--preset", choices=list(PRESETS), help="named preprocessing (see README)")

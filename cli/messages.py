@@ -29,6 +29,10 @@ _KEYWORDS_TO_FLAGS = (
     (re.compile(r"constant_inputs=\{name: array\}"), "--constant-input NAME=FILE.npy"),
     (re.compile(r"\bconstant_inputs\b"), "--constant-input"),
     (re.compile(r"\bbatch_size=(\d+)"), r"--batch-size \1"),
+    (re.compile(r"pass OnnxBackend\(\.\.\., quantised='straight_through'\)"), "pass --straight-through"),
+    (re.compile(r"pass fallback='finite_differences' to differentiate it numerically \(steps must then exceed "
+                r"the quantisation step\)"), "differentiate it numerically from Python "
+     "(OnnxBackend(..., fallback='finite_differences'))"),
     (re.compile(r"explain the logits instead \(drop the final softmax\)"),
      "explain the logits instead (--output-name NAME, the tensor before the softmax)"),
     (re.compile(r"check the target and the model \(a dead ReLU, a saturated softmax\) or the method"),

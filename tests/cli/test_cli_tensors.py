@@ -307,3 +307,24 @@ def test_output_batch_axis_takes_a_number_or_none(tmp_path: Path, capsys) -> Non
                          "--format", "npy", "--out", tmp_path / "b")
     assert status == 0, err
     np.testing.assert_allclose(np.load(tmp_path / "b" / "cat_vanilla.npy"), 1.0)  # d(sum x)/dx = 1 everywhere
+
+
+def test_a_quantised_model_is_refused_naming_the_flag_and_explained_with_it(tmp_path: Path, capsys) -> None:
+    # y = DynamicQuantizeLinear(x) @ W, W = (Wq - 128) * 0.01: straight through, d y_k / d x = W[:, k]
+    quantised = np.array([[3, 200], [17, 90], [128, 40]], np.uint8)
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("MatMulInteger", ["xq", "w", "xz", "wz"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xs", "ws"], ["scale"]), helper.make_node("Mul", ["accf", "scale"], ["y"])]
+    inits = {"w": quantised, "wz": np.array(128, np.uint8), "ws": np.array(0.01, np.float32)}
+    model = save(tmp_path / "q.onnx", nodes, [float_input("x", ["n", 3])], [float_input("y", ["n", 2])], inits)
+    np.save(tmp_path / "row.npy", np.array([0.5, -1.0, 2.0], np.float32))
+    status, _, err = run(capsys, "explain", model, tmp_path / "row.npy", "--out", tmp_path / "a")
+    assert_one_line_error(status, err, "--straight-through")
+    status, _, err = run(capsys, "explain", model, tmp_path / "row.npy", "--straight-through", "--format", "npy",
+                         "--out", tmp_path / "b")
+    assert status == 0, err
+    assert "float network" in err and len([line for line in err.splitlines() if "warning" in line]) == 1
+    weight = (quantised.astype(np.float64) - 128) * 0.01
+    predicted = int(np.argmax(np.array([0.5, -1.0, 2.0]) @ weight))
+    np.testing.assert_allclose(np.load(tmp_path / "b" / "row_vanilla.npy"), weight[:, predicted], rtol=1e-5)
