@@ -84,21 +84,24 @@ def unroll_known_loops(model: Any, values: dict[str, np.ndarray], taken: set[str
     exported ``for`` loops do): it then runs exactly ``M`` times, and its unrolled copies (the iteration
     number a constant, the carried values threaded through) compute the same outputs; scan outputs are the
     per-iteration values stacked on a new first axis."""
+    return _expanded(model, lambda node: _unrollable(node, values),
+                     lambda node, index, graph: _unrolled_loop(
+                         node, int(np.asarray(values[node.input[0]]).reshape(-1)[0]),
+                         f"{node.name or 'loop'}_{index}", taken, graph, opset))
+
+
+def _expanded(model: Any, chosen: Any, expand: Any) -> Any | None:
+    """A copy of ``model`` whose top-level nodes for which ``chosen(node)`` holds are replaced, in place, by
+    ``expand(node, index, copy.graph)``; None when no node is chosen."""
     import onnx
 
-    graph = model.graph
-    chosen = [i for i, node in enumerate(graph.node) if _unrollable(node, values)]
-    if not chosen:
+    if not any(chosen(node) for node in model.graph.node):
         return None
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     nodes: list[Any] = []
-    for index, node in enumerate(graph.node):
-        if index in chosen:
-            nodes.extend(_unrolled_loop(node, int(np.asarray(values[node.input[0]]).reshape(-1)[0]),
-                                        f"{node.name or 'loop'}_{index}", taken, copy.graph, opset))
-        else:
-            nodes.append(node)
+    for index, node in enumerate(model.graph.node):
+        nodes.extend(expand(node, index, copy.graph) if chosen(node) else [node])
     del copy.graph.node[:]
     copy.graph.node.extend(nodes)
     return copy
@@ -223,24 +226,10 @@ def unroll_scans(model: Any, shapes: dict[str, tuple[int, ...]], taken: set[str]
     Iteration t reads slice t of each scan input along its axis (from the end for a reverse one), threads
     the states through, and the scan outputs' slices are stacked along their axes (in reverse order for a
     reverse one), as ONNX defines Scan."""
-    import onnx
-
-    graph = model.graph
-    chosen = [i for i, node in enumerate(graph.node) if _scan_length(node, shapes, opset) is not None]
-    if not chosen:
-        return None
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    nodes: list[Any] = []
-    for index, node in enumerate(graph.node):
-        if index in chosen:
-            nodes.extend(_unrolled_scan(node, _scan_length(node, shapes, opset), f"{node.name or 'scan'}_{index}",
-                                        taken, copy.graph, opset))
-        else:
-            nodes.append(node)
-    del copy.graph.node[:]
-    copy.graph.node.extend(nodes)
-    return copy
+    return _expanded(model, lambda node: _scan_length(node, shapes, opset) is not None,
+                     lambda node, index, graph: _unrolled_scan(
+                         node, _scan_length(node, shapes, opset), f"{node.name or 'scan'}_{index}", taken, graph,
+                         opset))
 
 
 def _ints(node: Any, name: str, count: int) -> list[int]:

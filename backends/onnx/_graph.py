@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
+from . import _model_io as io
 from . import _rules
 from ._control_flow import if_conditions, inline_known_ifs, names_in, unroll_known_loops, unroll_scans
 from ._quantised import nodes_between, refuse_quantisation
@@ -475,17 +476,7 @@ class _Builder:
                 and self.dtype(grad) == np.float32)
 
     def attr(self, node: Any, name: str, default: object = None) -> object:
-        from onnx import helper
-
-        for attribute in node.attribute:
-            if attribute.name == name:
-                value = helper.get_attribute_value(attribute)
-                if isinstance(value, bytes):
-                    return value.decode()
-                if isinstance(value, list):
-                    return [v.decode() if isinstance(v, bytes) else v for v in value]
-                return value
-        return default
+        return io.node_attribute(node, name, default)
 
     def sum(self, names: list[str], like: str) -> str:
         """The total of the cotangent contributions to the primal ``like``, shaped like it.
@@ -759,3 +750,4 @@ def _load_rule_modules() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != f"{__package__}.{module}":
                 raise
+

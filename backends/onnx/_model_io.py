@@ -449,3 +449,17 @@ def _redraw(original: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if values.size and values.min() >= 0:
         new = np.abs(new)
     return new.astype(original.dtype)
+
+def node_attribute(node: Any, name: str, default: object = None) -> object:
+    """The value of ``node``'s attribute ``name`` (strings decoded), or ``default`` when it is absent."""
+    from onnx import helper
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            value = helper.get_attribute_value(attribute)
+            if isinstance(value, bytes):
+                return value.decode()
+            if isinstance(value, list):
+                return [v.decode() if isinstance(v, bytes) else v for v in value]
+            return value
+    return default

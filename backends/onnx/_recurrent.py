@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ...core.errors import UnsupportedOperatorError
+from . import _model_io as io
 
 _DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -29,17 +30,7 @@ RECURRENT_OPS = frozenset(_GATES)
 
 
 def _attr(node: Any, name: str, default: Any = None) -> Any:
-    from onnx import helper
-
-    for attribute in node.attribute:
-        if attribute.name == name:
-            value = helper.get_attribute_value(attribute)
-            if isinstance(value, bytes):
-                return value.decode()
-            if isinstance(value, list):
-                return [v.decode() if isinstance(v, bytes) else v for v in value]
-            return value
-    return default
+    return io.node_attribute(node, name, default)
 
 
 def unsupported_form(node: Any) -> str | None:

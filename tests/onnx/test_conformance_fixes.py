@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from harness import make_model
 from onnx import TensorProto, helper, numpy_helper
+from quantised_models import dynamically_quantised_matmul
 
 import gradsal.core as gs
 from gradsal.backends.onnx import OnnxBackend
@@ -228,25 +229,11 @@ def test_onnxruntime_itself_reads_a_sparse_constant_from_the_cwd(tmp_path: Path,
 
 
 # ------------------------------------------------------------------------------------------- quantised
-def _dynamically_quantised_matmul() -> onnx.ModelProto:
-    weight = numpy_helper.from_array(np.array([[3, 200], [17, 90], [128, 40]], np.uint8), "w")
-    nodes = [
-        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
-        helper.make_node("MatMulInteger", ["xq", "w", "xz", "wz"], ["acc"]),
-        helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["xs", "ws"], ["scale"]),
-        helper.make_node("Mul", ["accf", "scale"], ["y"]),
-    ]
-    graph = helper.make_graph(nodes, "dq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
-                              [weight, numpy_helper.from_array(np.array(128, np.uint8), "wz"),
-                               numpy_helper.from_array(np.array(0.01, np.float32), "ws")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
 def test_a_quantised_model_is_refused_naming_the_quantisation() -> None:
     x = RNG.standard_normal((2, 3)).astype(np.float32)
-    backend = OnnxBackend(_dynamically_quantised_matmul())
+    backend = OnnxBackend(dynamically_quantised_matmul())
     assert backend.forward(x).shape == (2, 2)
     with pytest.raises(gs.UnsupportedOperatorError, match="the model is quantised: DynamicQuantizeLinear, "
                                                           "MatMulInteger") as info:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from quantised_models import DYNAMIC_WEIGHT, dynamically_quantised_matmul
 
 import gradsal.core as gs
 from gradsal.backends.onnx import OnnxBackend, StraightThroughWarning
@@ -32,39 +33,23 @@ FLOAT_MODEL_RTOL = 0.03
 SAMPLES = 8
 
 
-def _dynamic_matmul() -> onnx.ModelProto:
-    weight = numpy_helper.from_array(np.array([[3, 200], [17, 90], [128, 40]], np.uint8), "w")
-    nodes = [
-        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
-        helper.make_node("MatMulInteger", ["xq", "w", "xz", "wz"], ["acc"]),
-        helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["xs", "ws"], ["scale"]),
-        helper.make_node("Mul", ["accf", "scale"], ["y"]),
-    ]
-    graph = helper.make_graph(nodes, "dq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
-                              [weight, numpy_helper.from_array(np.array(128, np.uint8), "wz"),
-                               numpy_helper.from_array(np.array(0.01, np.float32), "ws")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-
-
 def test_the_default_refuses_naming_the_opt_in() -> None:
     x = RNG.standard_normal((2, 3)).astype(np.float32)
     with pytest.raises(gs.UnsupportedOperatorError, match=r"quantised: DynamicQuantizeLinear, MatMulInteger.*"
                                                           r"quantised='straight_through'"):
-        OnnxBackend(_dynamic_matmul()).vjp(x, np.ones((2, 2), np.float32))
+        OnnxBackend(dynamically_quantised_matmul()).vjp(x, np.ones((2, 2), np.float32))
     with pytest.raises(gs.InputError, match="quantised must be"):
-        OnnxBackend(_dynamic_matmul(), quantised="ste")
+        OnnxBackend(dynamically_quantised_matmul(), quantised="ste")
 
 
 def test_a_dynamic_matmul_is_differentiated_as_its_dequantised_float_matmul() -> None:
     # y ~ x @ W with W = (Wq - 128) * 0.01: J^T v = v @ W^T and J u = u @ W (closed form)
-    model = _dynamic_matmul()
+    model = dynamically_quantised_matmul()
     before = model.SerializeToString()
     with pytest.warns(StraightThroughWarning, match="gradients are those of the float network"):
         backend = OnnxBackend(model, quantised="straight_through")
     assert model.SerializeToString() == before  # the caller's model is not rewritten
-    weight = (np.array([[3, 200], [17, 90], [128, 40]], np.float64) - 128) * 0.01
+    weight = (DYNAMIC_WEIGHT.astype(np.float64) - 128) * 0.01
     x = RNG.standard_normal((4, 3)).astype(np.float32)
     v = RNG.standard_normal((4, 2)).astype(np.float32)
     u = RNG.standard_normal((4, 3)).astype(np.float32)
