@@ -85,7 +85,7 @@ _PRECISIONS = {
     np.dtype(np.float32): _Precision(1e-3, _ladder(-7, -3), 2e-2, 0.3, 1e-6),
     np.dtype(np.float16): _Precision(3e-2, _ladder(-4, -1), 1e-1, 0.5, 1e-3),
 }
-FAMILIES = ("coordinates", "gradient", "channels", "support", "uniform")
+FAMILIES = ("coordinates", "gradient", "channels", "support", "uniform")  # FamilyResult.name, in report order
 
 
 @dataclass(frozen=True)
@@ -449,7 +449,6 @@ class _Context:
     rounding: float = 0.0
     rtol_override: float | None = None
     atol: float = 0.0
-    _evaluations: int = 0
 
     def explained_at(self, points: np.ndarray) -> np.ndarray:
         """``S`` at stacked points ``(K, N, ...)``, chunked; returns ``(K, N)``."""
