@@ -242,7 +242,7 @@ def check_gradients(
     x = as_float_batch(x)
     note = ""
     if precision == "auto" and x.dtype != np.float64 and isinstance(backend, SupportsFloat64):
-        double = _working_float64(backend, x)
+        double = working_float64(backend, x)
         if double is not None:
             backend, x = double, x.astype(np.float64)
             note = "checked on the backend's float64 version of the model (precision='model' checks its own)"
@@ -280,7 +280,7 @@ def check_gradients(
     return context.judge(families, grads, mode, isinstance(backend, SupportsJVP), h)
 
 
-def _working_float64(backend: SupportsFloat64, x: np.ndarray) -> GradientBackend | None:
+def working_float64(backend: SupportsFloat64, x: np.ndarray) -> GradientBackend | None:
     """The backend's float64 version when it offers one that computes a gradient in float64 (a kernel missing
     in float64 may show only when its gradient is built, at the first ``vjp``), else None."""
     double = backend.float64()

@@ -19,7 +19,7 @@ import numpy as np
 from ._validate import as_float_batch, check_axis
 from .attribution import backend_vjp
 from .errors import InputError
-from .gradcheck import GradientCheckReport, check_gradients
+from .gradcheck import GradientCheckReport, check_gradients, working_float64
 from .protocol import GradientBackend, SupportsFloat64
 from .registry import as_backend
 
@@ -95,17 +95,16 @@ def gradient_check_power(model: Any, x: np.ndarray, target: Any = None, *, chann
     """
     backend = as_backend(model)
     x = as_float_batch(x)
-    layout = _Layout(backend, check_axis(channel_axis, x.ndim, "channel_axis"),
-                     check_axis(width_axis, x.ndim, "width_axis"))
+    axes = check_axis(channel_axis, x.ndim, "channel_axis"), check_axis(width_axis, x.ndim, "width_axis")
     names = list(CORRUPTIONS) if corruptions is None else corruptions
     unknown = sorted(set(names) - set(CORRUPTIONS))
     if unknown:
         raise InputError(f"Unknown corruptions {unknown}: choose from {sorted(CORRUPTIONS)}.")
     if check_options.pop("precision", "auto") == "auto" and isinstance(backend, SupportsFloat64):
-        double = backend.float64()  # every check at the same precision, the corrupted ones included
+        double = working_float64(backend, x)  # every check at one precision, the corrupted ones included
         if double is not None:
             backend, x = double, x.astype(np.float64)
-    layout = _Layout(backend, layout.channel_axis, layout.width_axis)
+    layout = _Layout(backend, *axes)
     reports = {"correct": check_gradients(backend, x, target, precision="model", **check_options)}
     for name in names:
         reports[name] = check_gradients(_Corrupted(layout, CORRUPTIONS[name]), x, target, precision="model",
