@@ -57,7 +57,7 @@ def single_multiply_rule(op_type: str, operand: str, model=None) -> Iterator[Non
     copy of the Conv of ``model`` that produced ``x`` ("recomputed"); restore the rule on exit."""
     import onnx
 
-    from gradsal.backends.onnx import _rules
+    from gradsal.backends.onnx.rules import registry as _rules
 
     saved = _rules._VJP[op_type], _rules._DIFFERENTIABLE.get(op_type)
     producers = {out: node for node in (model.graph.node if model else []) for out in node.output}

@@ -109,7 +109,7 @@ def gradient_only(model, x_shape):
 def measure_convs(threads: int, repeats: int) -> None:
     from onnx import helper
 
-    from gradsal.backends.onnx import _conv
+    from gradsal.backends.onnx.rules import conv as _conv
 
     rng = np.random.default_rng(0)
     print(f"Conv input gradient, batch {BATCH}, {threads} thread(s), 25th percentile of {repeats} runs "
@@ -220,7 +220,7 @@ def measure_maxpool(threads: int, repeats: int) -> None:
 def measure_average_pool_and_resize(threads: int, repeats: int) -> None:
     from onnx import helper
 
-    from gradsal.backends.onnx import _conv
+    from gradsal.backends.onnx.rules import conv as _conv
 
     rng = np.random.default_rng(2)
     print(f"\nAveragePool (window-sum adjoint strategies) / Resize input gradient, batch {BATCH} "

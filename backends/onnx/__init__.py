@@ -3,7 +3,7 @@
 ``OnnxBackend("model.onnx")`` is a :class:`~gradsal.core.GradientBackend`; ``plugin`` registers it in the
 ``gradsal.backends`` entry-point group, so ``vanilla_gradient("model.onnx", x)`` works. Importing this
 package is cheap: onnx and onnxruntime are imported when a backend is created, and the per-operator rule
-modules (``_elementwise``, ``_conv``, ``_tensor``) when a backend is created or a gradient graph built.
+modules (``rules/``) when a backend is created or a gradient graph built.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .backend import FiniteDifferenceWarning, LogitsWarning, OnnxBackend, Output
 def supported_operators() -> list[str]:
     """ONNX operators gradsal can differentiate (those with a reverse-mode rule), sorted."""
     load_rules()
-    from ._rules import supported_operators as registered
+    from .rules.registry import supported_operators as registered
 
     return registered()
 

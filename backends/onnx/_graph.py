@@ -27,10 +27,11 @@ import numpy as np
 
 from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
 from . import _model_io as io
-from . import _rules
+from . import rules as _rule_families
 from ._control_flow import if_conditions, inline_known_ifs, names_in, unroll_known_loops, unroll_scans
 from ._quantised import nodes_between, refuse_quantisation
 from ._recurrent import unroll_recurrent
+from .rules import registry as _rules
 
 COTANGENT_NAME = "gradsal_cotangent"
 _MAX_IF_DEPTH = 8
@@ -619,7 +620,7 @@ def build_gradient_model(
     import onnx
     from onnx import helper
 
-    _load_rule_modules()
+    _rule_families.load()
     graph = model.graph
     opset = _default_opset(model)
     source = wrt or input_name
@@ -735,19 +736,3 @@ def _shape_checks(builder: _Builder, path_nodes: list[Any],
         builder.nodes.append(helper.make_node("Shape", [name], [check], name=check))
         checks.append((check, name, tuple(builder.shape(name))))
     return checks
-
-
-_RULE_MODULES = ("_elementwise", "_conv", "_tensor", "_losses")
-
-
-def _load_rule_modules() -> None:
-    """Import the rule modules so that their rules register (done lazily: importing them needs onnx)."""
-    import importlib
-
-    for module in _RULE_MODULES:
-        try:
-            importlib.import_module(f"{__package__}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{module}":
-                raise
-

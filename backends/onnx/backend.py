@@ -42,7 +42,6 @@ Rules, in the order they apply:
 from __future__ import annotations
 
 import collections
-import importlib
 import os
 import threading
 import warnings
@@ -64,6 +63,7 @@ from ...core.errors import (
 from .._stacklevel import user_stacklevel
 from . import _model_io as io
 from . import _output_layout as layout
+from . import rules
 from ._constant_inputs import checked_constant
 from ._float64 import float64_copy
 from ._softmax_head import softmax_logits
@@ -73,7 +73,6 @@ RELU_RULES = ("standard", "guided", "deconvnet")
 FALLBACKS = (None, "finite_differences")
 QUANTISED = ("refuse", "straight_through")
 CACHE_SIZE = 8
-_RULE_MODULES = ("_elementwise", "_conv", "_tensor", "_losses")
 _PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -99,13 +98,7 @@ class FiniteDifferenceWarning(UserWarning):
 
 def load_rules() -> None:
     """Import the per-operator rule modules so that their rules register (they need onnx)."""
-    package = __name__.rpartition(".")[0]
-    for module in _RULE_MODULES:
-        try:
-            importlib.import_module(f"{package}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{package}.{module}":
-                raise
+    rules.load()
 
 
 @dataclass(frozen=True)

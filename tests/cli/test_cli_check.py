@@ -58,7 +58,8 @@ def test_check_fails_with_exit_1_on_a_broken_gradient(monkeypatch: pytest.Monkey
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """In-process (a monkeypatch does not cross a subprocess): Relu's VJP rule returns twice the cotangent."""
     pytest.importorskip("onnx")
-    from gradsal.backends.onnx import _elementwise, _rules  # registers the real rules first
+    from gradsal.backends.onnx.rules import elementwise as _elementwise  # registers the real rules first
+    from gradsal.backends.onnx.rules import registry as _rules
     from gradsal.cli.main import main
 
     honest = _rules._VJP["Relu"]

@@ -32,7 +32,7 @@ import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
 from gradsal.backends.onnx import OnnxBackend, supported_operators
-from gradsal.backends.onnx._rules import SHAPE_ONLY_OPS
+from gradsal.backends.onnx.rules.registry import SHAPE_ONLY_OPS
 from gradsal.core.errors import GradsalError, InputError, ModelError, UnsupportedOperatorError
 
 MAX_ELEMENTS = 128

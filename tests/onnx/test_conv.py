@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from onnx import helper
 
-from gradsal.backends.onnx import _conv
 from gradsal.backends.onnx._graph import build_gradient_model
+from gradsal.backends.onnx.rules import conv as _conv
 from gradsal.core.errors import UnsupportedOperatorError
 
 F32, F64 = np.float32, np.float64

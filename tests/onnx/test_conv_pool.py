@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from onnx import helper
 
-from gradsal.backends.onnx import _conv
+from gradsal.backends.onnx.rules import conv as _conv
 
 F32, F64 = np.float32, np.float64
 

@@ -259,7 +259,7 @@ def test_relu6_mask_is_exact_at_both_bounds(high, level):
     subnormal (the three-pass form's steep step gives a fraction below 1e-30, as documented)."""
     import onnxruntime as ort
 
-    from gradsal.backends.onnx._elementwise import _box_step_is_exact
+    from gradsal.backends.onnx.rules.elementwise import _box_step_is_exact
 
     below_high = np.nextafter(np.float32(high), np.float32(0))
     above_high = np.nextafter(np.float32(high), np.float32(np.inf))

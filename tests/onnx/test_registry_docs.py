@@ -19,7 +19,8 @@ import pytest
 from harness import assert_gradients_match, make_model, run_vjp
 from onnx import helper
 
-from gradsal.backends.onnx import _rules, supported_operators
+from gradsal.backends.onnx import supported_operators
+from gradsal.backends.onnx.rules import registry as _rules
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 F32, F64 = np.float32, np.float64

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...core.errors import InputError, UnsupportedOperatorError
-from ._rules import RuleContext, jvp_rule, vjp_rule
+from ....core.errors import InputError, UnsupportedOperatorError
+from .registry import RuleContext, jvp_rule, vjp_rule
 
 if TYPE_CHECKING:
     from onnx import NodeProto

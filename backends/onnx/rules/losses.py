@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._rules import RuleContext, jvp_rule, vjp_rule
+from .registry import RuleContext, jvp_rule, vjp_rule
 
 if TYPE_CHECKING:
     from onnx import NodeProto

@@ -45,10 +45,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...core.errors import UnsupportedOperatorError
-from ._elementwise import _scale, _step
-from ._rules import RuleContext, jvp_rule, vjp_rule
-from ._tensor import _slice as _opset_slice
+from ....core.errors import UnsupportedOperatorError
+from .elementwise import _scale, _step
+from .registry import RuleContext, jvp_rule, vjp_rule
+from .tensor import _slice as _opset_slice
 
 if TYPE_CHECKING:
     from onnx import NodeProto
