@@ -31,6 +31,7 @@ from . import rules as _rule_families
 from ._control_flow import if_conditions, inline_known_ifs, names_in, unroll_known_loops, unroll_scans
 from ._quantised import nodes_between, refuse_quantisation
 from ._recurrent import unroll_recurrent
+from .rules import emit
 from .rules import registry as _rules
 
 COTANGENT_NAME = "gradsal_cotangent"
@@ -455,10 +456,7 @@ class _Builder:
             area = np.full((1, gshape[1], *[1] * (len(gshape) - 2)), float(np.prod(gshape[2:])), np.float32)
             summed = self.emit1("Mul", [mean, self.const(area)])  # per channel: stays in the blocked layout
         elif axes:
-            if self.opset >= 13:
-                summed = self.emit1("ReduceSum", [grad, self.const(axes)], keepdims=1)
-            else:
-                summed = self.emit1("ReduceSum", [grad], axes=axes, keepdims=1)
+            summed = emit.reduce_sum(self, grad, axes)
         out = self.emit1("Reshape", [summed, self.const(list(tshape))])
         self.extra_shapes[out] = tshape
         return out

@@ -24,13 +24,13 @@ gradient graph about as cheap as the forward pass (issue 9):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ....core.errors import InputError, UnsupportedOperatorError
-from .registry import RuleContext, jvp_rule, vjp_rule
+from .registry import RuleContext, diagonal, jvp_rule, vjp_rule
 
 if TYPE_CHECKING:
     from onnx import NodeProto
@@ -149,88 +149,66 @@ def _unsupported(ctx: RuleContext, node: NodeProto, why: str,
 
 # ------------------------------------------------------------------------- unary (diagonal Jacobian)
 
-ApplyJacobian = Callable[[RuleContext, "NodeProto", str], str]
-
-
-def _diagonal(*op_types: str) -> Callable[[ApplyJacobian], ApplyJacobian]:
-    """Register ``apply(ctx, node, v) = v * f'(x)`` as both the VJP and the JVP of unary ``op_types``."""
-
-    def register(apply: ApplyJacobian) -> ApplyJacobian:
-        def vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
-            if grads[0] is None:
-                return _padded([], len(node.input))
-            return _padded([apply(ctx, node, grads[0])], len(node.input))
-
-        def jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
-            return _padded([apply(ctx, node, tangents[0])], len(node.output))  # type: ignore[arg-type]
-
-        vjp_rule(*op_types, differentiable=(0,))(vjp)
-        jvp_rule(*op_types)(jvp)
-        return apply
-
-    return register
-
-
-@_diagonal("Identity")
+@diagonal("Identity")
 def _identity(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return v
 
 
-@_diagonal("Neg")
+@diagonal("Neg")
 def _neg(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return ctx.emit1("Neg", [v])
 
 
-@_diagonal("Exp")
+@diagonal("Exp")
 def _exp(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return _mul(ctx, v, node.output[0])
 
 
-@_diagonal("Log")
+@diagonal("Log")
 def _log(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return ctx.emit1("Div", [v, node.input[0]])
 
 
-@_diagonal("Sqrt")
+@diagonal("Sqrt")
 def _sqrt(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """d sqrt(x) = 1 / (2 y)."""
     y = node.output[0]
     return ctx.emit1("Div", [v, _mul(ctx, y, _scalar(ctx, 2.0, y))])
 
 
-@_diagonal("Reciprocal")
+@diagonal("Reciprocal")
 def _reciprocal(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """d (1/x) = -y^2."""
     y = node.output[0]
     return ctx.emit1("Neg", [_mul(ctx, v, _mul(ctx, y, y))])
 
 
-@_diagonal("Abs")
+@diagonal("Abs")
 def _abs(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return _mul(ctx, v, ctx.emit1("Sign", [node.input[0]]))
 
 
-@_diagonal("Sigmoid")
+@diagonal("Sigmoid")
 def _sigmoid(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """d sigmoid = y (1 - y)."""
     y = node.output[0]
     return _mul(ctx, v, _mul(ctx, y, ctx.emit1("Sub", [_scalar(ctx, 1.0, y), y])))
 
 
-@_diagonal("Tanh")
+@diagonal("Tanh")
 def _tanh(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """d tanh = 1 - y^2."""
     y = node.output[0]
     return _mul(ctx, v, ctx.emit1("Sub", [_scalar(ctx, 1.0, y), _mul(ctx, y, y)]))
 
 
-@_diagonal("Softplus")
+@diagonal("Softplus")
 def _softplus(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """d log(1 + e^x) = sigmoid(x)."""
     return _mul(ctx, v, ctx.emit1("Sigmoid", [node.input[0]]))
 
 
-@_diagonal("Softsign")
+@diagonal("Softsign")
 def _softsign(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """y = x / (1 + |x|), so 1 - |y| = 1 / (1 + |x|) and dy/dx = (1 - |y|)^2."""
     y = node.output[0]
@@ -238,7 +216,7 @@ def _softsign(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return _mul(ctx, v, _mul(ctx, rest, rest))
 
 
-@_diagonal("Erf")
+@diagonal("Erf")
 def _erf(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """d erf(x) = 2/sqrt(pi) exp(-x^2)."""
     x = node.input[0]
@@ -246,17 +224,17 @@ def _erf(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return _mul(ctx, v, _mul(ctx, bell, _scalar(ctx, 2.0 / math.sqrt(math.pi), x)))
 
 
-@_diagonal("Sin")
+@diagonal("Sin")
 def _sin(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return _mul(ctx, v, ctx.emit1("Cos", [node.input[0]]))
 
 
-@_diagonal("Cos")
+@diagonal("Cos")
 def _cos(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return ctx.emit1("Neg", [_mul(ctx, v, ctx.emit1("Sin", [node.input[0]]))])
 
 
-@_diagonal("LeakyRelu")
+@diagonal("LeakyRelu")
 def _leaky_relu(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """dy/dx = 1 for x > 0, alpha below (the mask read from y when alpha >= 0: y > 0 iff x > 0)."""
     alpha = float(ctx.attr(node, "alpha", 0.009999999776482582))  # the spec's float32 0.01, as in the forward
@@ -280,13 +258,13 @@ def _elu_slope(ctx: RuleContext, x: str, alpha: float) -> str:
     return ctx.emit1("Add", [_mul(ctx, exp_negative_part, _scalar(ctx, alpha, x)), positive_part])
 
 
-@_diagonal("Elu")
+@diagonal("Elu")
 def _elu(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """y = x for x > 0, alpha (e^x - 1) below."""
     return _mul(ctx, v, _elu_slope(ctx, node.input[0], float(ctx.attr(node, "alpha", 1.0))))
 
 
-@_diagonal("Selu")
+@diagonal("Selu")
 def _selu(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """y = gamma elu_alpha(x), so dy/dx = gamma elu_alpha'(x)."""
     x = node.input[0]
@@ -295,7 +273,7 @@ def _selu(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return _mul(ctx, v, _mul(ctx, _elu_slope(ctx, x, alpha), _scalar(ctx, gamma, x)))
 
 
-@_diagonal("Celu")
+@diagonal("Celu")
 def _celu(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """y = max(0, x) + min(0, alpha (e^(x/alpha) - 1)), so dy/dx = e^(min(x, 0)/alpha)."""
     x = node.input[0]
@@ -304,7 +282,7 @@ def _celu(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return _mul(ctx, v, ctx.emit1("Exp", [_mul(ctx, negative_part, _scalar(ctx, 1.0 / alpha, x))]))
 
 
-@_diagonal("HardSigmoid")
+@diagonal("HardSigmoid")
 def _hard_sigmoid(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """y = clip(alpha x + beta, 0, 1): slope alpha where 0 < y < 1, i.e. where y (1 - y) > 0."""
     y = node.output[0]
@@ -318,7 +296,7 @@ def _hard_sigmoid(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return _mul(ctx, v, _mul(ctx, inside, _scalar(ctx, alpha, y)))
 
 
-@_diagonal("HardSwish")
+@diagonal("HardSwish")
 def _hard_swish(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """y = x h(x), h = clip(x/6 + 1/2, 0, 1): dy/dx = h + x/6 [|x| < 3] = h + (h - 1/2) [|x| < 3]
     (x/3 + 1/2 inside, 0 below -3, 1 above 3)."""
@@ -375,7 +353,7 @@ def _scale(ctx: RuleContext, v: str, factor: float, like: str) -> str:
     return _mul(ctx, v, _scalar(ctx, factor, like))
 
 
-@_diagonal("Gelu")
+@diagonal("Gelu")
 def _gelu(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """Exact: Phi(x) + x phi(x). Tanh form y = x/2 (1 + t), t = tanh(k (x + c x^3)):
     dy/dx = (1 + t)/2 + x/2 (1 - t^2) k (1 + 3 c x^2)."""

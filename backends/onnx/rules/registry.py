@@ -22,6 +22,14 @@ Registering::
 ``differentiable`` (on ``vjp_rule``) lists the input positions through which gradient flows (None:
 all of them); the builder uses it to decide which tensors are on the differentiated path, so that a
 Reshape's target shape or a Where's condition is never differentiated.
+
+Three registrars write one rule from the other where the maths allows, as JAX's ``defjvp``,
+``deflinear`` and ``defbilinear`` do: :func:`diagonal` (an elementwise unary operator: its Jacobian is
+diagonal, so the VJP and the JVP are the same product ``v * f'(x)``), :func:`linear` (the VJP is the
+transpose; the JVP is the operator itself applied to the tangent) and :func:`bilinear` (the JVP is the sum
+of the operator applied with one factor replaced by its tangent). Zero cotangents are handled in one
+place, the builder's walk: it calls a VJP rule only when some output has a cotangent (so a single-output
+rule always gets one) and a JVP rule only when some input has a tangent.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from . import emit
 
 try:  # onnx is needed only when a rule runs; importing this module must stay cheap
     from onnx import NodeProto
@@ -191,3 +201,74 @@ def rules_for(op_type: str) -> OpRules | None:
 def supported_operators() -> list[str]:
     """Operators with a VJP rule, sorted (the README lists them)."""
     return sorted(_VJP)
+
+
+ApplyJacobian = Callable[[RuleContext, NodeProto, str], str]
+AffineTangent = Callable[[RuleContext, NodeProto, str], str]
+
+
+def diagonal(*op_types: str) -> Callable[[ApplyJacobian], ApplyJacobian]:
+    """Register ``apply(ctx, node, v) = v * f'(x)`` as both the VJP and the JVP of unary ``op_types``."""
+
+    def register(apply: ApplyJacobian) -> ApplyJacobian:
+        def vjp(ctx: RuleContext, node: NodeProto, grads: list[str | None]) -> list[str | None]:
+            return emit.padded([apply(ctx, node, grads[0])], len(node.input))  # type: ignore[arg-type]
+
+        def jvp(ctx: RuleContext, node: NodeProto, tangents: list[str | None]) -> list[str | None]:
+            return emit.padded([apply(ctx, node, tangents[0])], len(node.output))  # type: ignore[arg-type]
+
+        vjp_rule(*op_types, differentiable=(0,))(vjp)
+        jvp_rule(*op_types)(jvp)
+        return apply
+
+    return register
+
+
+def linear(*op_types: str, inputs: Sequence[int] = (0,)) -> Callable[[VjpRule], VjpRule]:
+    """Register ``transpose`` as the VJP of operators jointly linear in the inputs at ``inputs``.
+
+    The JVP is the node itself on the tangents of those inputs (a zero tensor where one has none); the
+    other inputs (shapes, axes, pads) are kept, and are never differentiated.
+    """
+
+    def register(transpose: VjpRule) -> VjpRule:
+        def jvp(ctx: RuleContext, node: NodeProto, tangents: list[str | None]) -> list[str | None]:
+            replaced = {i: tangents[i] or emit.zeros(ctx, ctx.shape(node.input[i]), node.input[i])
+                        for i in inputs if i < len(node.input) and node.input[i]}
+            return list(emit.same_op(ctx, node, replaced))  # type: ignore[arg-type]
+
+        vjp_rule(*op_types, differentiable=inputs)(transpose)
+        jvp_rule(*op_types)(jvp)
+        return transpose
+
+    return register
+
+
+def bilinear(*op_types: str, factors: Sequence[int] | None = (0, 1), bias: int | None = None,
+             bias_tangent: AffineTangent | None = None) -> Callable[[VjpRule], VjpRule]:
+    """Register ``vjp`` as the VJP of operators linear in each of the inputs at ``factors`` separately.
+
+    ``y = op(a, b) [+ bias]``: the JVP is ``op(ta, b) + op(a, tb) [+ bias_tangent(tbias)]``, each term the
+    node itself with the bias input left out; ``factors=None`` takes every input (Einsum's operands).
+    ``bias_tangent(ctx, node, t)`` maps the bias's tangent to a tensor that broadcasts to the output.
+    """
+
+    def register(vjp: VjpRule) -> VjpRule:
+        def jvp(ctx: RuleContext, node: NodeProto, tangents: list[str | None]) -> list[str | None]:
+            positions = range(len(node.input)) if factors is None else factors
+            no_bias = {bias: ""} if bias is not None else {}
+            terms = [emit.same_op(ctx, node, {**no_bias, i: tangents[i]})[0]  # type: ignore[dict-item]
+                     for i in positions if i < len(tangents) and tangents[i] is not None]
+            if bias is not None and bias < len(tangents) and tangents[bias] is not None:
+                if bias_tangent is None:
+                    raise emit.unsupported(ctx, node, "its bias depends on the input, which gradsal does not "
+                                           "differentiate in forward mode here")
+                terms.append(bias_tangent(ctx, node, tangents[bias]))  # type: ignore[arg-type]
+            return [emit.total(ctx, terms)]
+
+        positions = None if factors is None else (*factors, *(() if bias is None else (bias,)))
+        vjp_rule(*op_types, differentiable=positions)(vjp)
+        jvp_rule(*op_types)(jvp)
+        return vjp
+
+    return register
