@@ -31,7 +31,7 @@ from . import rules as _rule_families
 from ._control_flow import if_conditions, inline_known_ifs, names_in, unroll_known_loops, unroll_scans
 from ._quantised import nodes_between, refuse_quantisation
 from ._recurrent import unroll_recurrent
-from .rules import emit
+from .rules import forms
 from .rules import registry as _rules
 
 COTANGENT_NAME = "gradsal_cotangent"
@@ -448,15 +448,7 @@ class _Builder:
         axes = list(range(lead)) + [
             lead + i for i, d in enumerate(tshape) if d == 1 and gshape[lead + i] != 1
         ]
-        summed = grad
-        if axes and self._spatial_axes(gshape, axes, grad):
-            # A per-(sample, channel) total as GlobalAveragePool times the area: onnxruntime runs it in its
-            # blocked layout, where a ReduceSum would first reorder the whole tensor back to NCHW.
-            mean = self.emit1("GlobalAveragePool", [grad])
-            area = np.full((1, gshape[1], *[1] * (len(gshape) - 2)), float(np.prod(gshape[2:])), np.float32)
-            summed = self.emit1("Mul", [mean, self.const(area)])  # per channel: stays in the blocked layout
-        elif axes:
-            summed = emit.reduce_sum(self, grad, axes)
+        summed = forms.spatial_total(self, grad, gshape, axes) if axes else grad
         out = self.emit1("Reshape", [summed, self.const(list(tshape))])
         self.extra_shapes[out] = tshape
         return out
@@ -469,10 +461,6 @@ class _Builder:
 
     def flag_ties(self, flag: str) -> None:
         self.tie_flags.append(flag)
-
-    def _spatial_axes(self, shape: Sequence[int], axes: list[int], grad: str) -> bool:
-        return (len(shape) >= 3 and axes == list(range(2, len(shape)))
-                and self.dtype(grad) == np.float32)
 
     def attr(self, node: Any, name: str, default: object = None) -> object:
         return io.node_attribute(node, name, default)

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ....core.errors import UnsupportedOperatorError
-from .elementwise import _scale, _step
+from . import forms
 from .registry import RuleContext, jvp_rule, vjp_rule
 from .tensor import _slice as _opset_slice
 
@@ -782,13 +782,13 @@ def _max_pool_mask(ctx: RuleContext, node: NodeProto, g: str, axes: Sequence[_Ax
         ctx.record(up, x)
         return up
 
-    gap = ctx.emit1("Add", [_scale(ctx, upsample(y), -1.0, like=x), x])  # x - max <= 0, 0 at a maximum
+    gap = ctx.emit1("Add", [forms.scale(ctx, upsample(y), -1.0, like=x), x])  # x - max <= 0, 0 at a maximum
     at_max = ctx.emit1("HardSigmoid", [gap], alpha=1e30, beta=1.0)
     masked = ctx.emit1("Mul", [upsample(g), at_max])
     counted = at_max
     producer = ctx.producer(x)
     if producer is not None and producer.op_type == "Relu" and ctx.relu_rule != "deconvnet" and not ctx.is_source(x):
-        counted = ctx.emit1("Mul", [at_max, _step(ctx, x)])  # [x > 0], as the Relu VJP's own mask
+        counted = ctx.emit1("Mul", [at_max, forms.step(ctx, x)])  # [x > 0], as the Relu VJP's own mask
     share = ctx.emit1("AveragePool", [counted], kernel_shape=kernel, strides=kernel)
     most = ctx.emit1("ReduceMax", [share], keepdims=0)
     # not (most < threshold) rather than most > threshold: a NaN (inf - inf at an infinite maximum) flags too
@@ -873,7 +873,7 @@ def global_average_pool_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> 
         return [None]
     x = node.input[0]
     # (N, C, 1, 1): the builder broadcasts it when it adds up x's cotangent (no full-sized Expand)
-    return [_scale(ctx, g, 1.0 / math.prod(ctx.shape(x)[2:]), like=x)]
+    return [forms.scale(ctx, g, 1.0 / math.prod(ctx.shape(x)[2:]), like=x)]
 
 
 def _global_argmax(ctx: RuleContext, x: str) -> tuple[str, list[int]]:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ....core.errors import InputError, UnsupportedOperatorError
+from . import forms
 from .registry import RuleContext, diagonal, jvp_rule, vjp_rule
 
 if TYPE_CHECKING:
@@ -106,17 +107,6 @@ def _mask(ctx: RuleContext, condition: str, like: str) -> str:
 def _positive(ctx: RuleContext, x: str) -> str:
     return ctx.emit1("Greater", [x, _scalar(ctx, 0.0, x)])
 
-
-def _step(ctx: RuleContext, x: str) -> str:
-    """1 where x > 0, else 0, in x's float type.
-
-    For float32 this is HardSigmoid(x; alpha=1e30, beta=0) = clip(1e30 x, 0, 1): one vectorised pass,
-    about half the time of Greater + Cast, and exact except for 0 < x < 1e-30 (a fraction there).
-    onnxruntime has no double or float16 HardSigmoid, so other types use Greater + Cast.
-    """
-    if _elem_type(ctx, x) == 1:
-        return ctx.emit1("HardSigmoid", [x], alpha=1e30, beta=0.0)
-    return _mask(ctx, _positive(ctx, x), x)
 
 
 def _blend(ctx: RuleContext, mask: str, if_one: str, if_zero: str) -> str:
@@ -239,7 +229,7 @@ def _leaky_relu(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """dy/dx = 1 for x > 0, alpha below (the mask read from y when alpha >= 0: y > 0 iff x > 0)."""
     alpha = float(ctx.attr(node, "alpha", 0.009999999776482582))  # the spec's float32 0.01, as in the forward
     sign_source = node.output[0] if alpha >= 0 else node.input[0]
-    return _mul(ctx, v, _blend_constants(ctx, _step(ctx, sign_source), 1.0, alpha))
+    return _mul(ctx, v, _blend_constants(ctx, forms.step(ctx, sign_source), 1.0, alpha))
 
 
 def _negative_part(ctx: RuleContext, x: str) -> str:
@@ -254,7 +244,7 @@ def _elu_slope(ctx: RuleContext, x: str, alpha: float) -> str:
     exp_negative_part = ctx.emit1("Exp", [_negative_part(ctx, x)])
     if alpha == 1.0:
         return exp_negative_part
-    positive_part = _mul(ctx, _step(ctx, x), _scalar(ctx, 1.0 - alpha, x))
+    positive_part = _mul(ctx, forms.step(ctx, x), _scalar(ctx, 1.0 - alpha, x))
     return ctx.emit1("Add", [_mul(ctx, exp_negative_part, _scalar(ctx, alpha, x)), positive_part])
 
 
@@ -291,8 +281,8 @@ def _hard_sigmoid(ctx: RuleContext, node: NodeProto, v: str) -> str:
         # NCHW float32 (the gate of squeeze-excitation, HardSwish exported before opset 14 as
         # x HardSigmoid(x)): the two-pass box mask and a per-channel scale stay in onnxruntime's blocked
         # layout; Sub and a scalar Mul would reorder the whole tensor out of it and back.
-        return _scale(ctx, _mul(ctx, v, _box_mask(ctx, y, 1.0)), alpha, like=y)
-    inside = _step(ctx, _mul(ctx, y, ctx.emit1("Sub", [_scalar(ctx, 1.0, y), y])))
+        return forms.scale(ctx, _mul(ctx, v, _box_mask(ctx, y, 1.0)), alpha, like=y)
+    inside = forms.step(ctx, _mul(ctx, y, ctx.emit1("Sub", [_scalar(ctx, 1.0, y), y])))
     return _mul(ctx, v, _mul(ctx, inside, _scalar(ctx, alpha, y)))
 
 
@@ -306,7 +296,7 @@ def _hard_swish(ctx: RuleContext, node: NodeProto, v: str) -> str:
         # Only ops onnxruntime runs in its blocked NCHWc layout (HardSigmoid, Mul, per-channel Mul + Add
         # fused into a Conv), so the gradient chain needs no layout reorders around the Convs.
         inside = _exact_step(ctx, _mul(ctx, x, x), 9.0, -1.0)  # [x^2 < 9] = [|x| < 3]
-        ramp = _scale(ctx, _mul(ctx, x, inside), 1.0 / 6.0, like=x)
+        ramp = forms.scale(ctx, _mul(ctx, x, inside), 1.0 / 6.0, like=x)
     else:
         inside = _mask(ctx, ctx.emit1("Less", [ctx.emit1("Abs", [x]), _scalar(ctx, 3.0, x)]), x)
         ramp = _mul(ctx, ctx.emit1("Sub", [h, _scalar(ctx, 0.5, x)]), inside)
@@ -342,15 +332,6 @@ def _exact_step(ctx: RuleContext, y: str, bound: float, side: float) -> str:
         return _steep_step(ctx, y, bound, side)
     return ctx.emit1("HardSigmoid", [y], alpha=side * slope, beta=-side * slope * bound)
 
-
-def _scale(ctx: RuleContext, v: str, factor: float, like: str) -> str:
-    """``v * factor`` for ``v`` with the channel axis of the primal ``like``; for a rank-4 ``like`` as a
-    per-channel multiply, which onnxruntime keeps in its NCHWc layout (a scalar multiply would force a
-    reorder)."""
-    shape = ctx.shape(like)
-    if len(shape) == 4:
-        return _mul(ctx, v, ctx.const(np.full((1, shape[1], 1, 1), factor, dtype=ctx.dtype(like))))
-    return _mul(ctx, v, _scalar(ctx, factor, like))
 
 
 @diagonal("Gelu")
@@ -392,12 +373,12 @@ def relu_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
         return [ctx.emit1("Relu", [g])]
     if ctx.relu_rule == "guided":
         g = ctx.emit1("Relu", [g])
-    return [_mul(ctx, g, _step(ctx, y))]
+    return [_mul(ctx, g, forms.step(ctx, y))]
 
 
 @jvp_rule("Relu")
 def relu_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
-    return [_mul(ctx, tangents[0], _step(ctx, node.output[0]))]
+    return [_mul(ctx, tangents[0], forms.step(ctx, node.output[0]))]
 
 
 # ---------------------------------------------------------------------------------------------- Clip
@@ -435,7 +416,7 @@ def _box_mask(ctx: RuleContext, y: str, high: float) -> str:
     per-channel multiply, the Add and the steep HardSigmoid fuse into one onnxruntime NCHWc Conv kernel.
     """
     above_zero = _steep_step(ctx, y, 0.0, 1.0)
-    ramp = ctx.emit1("Add", [_scale(ctx, y, -1.0 / high, like=y), above_zero])
+    ramp = ctx.emit1("Add", [forms.scale(ctx, y, -1.0 / high, like=y), above_zero])
     return ctx.emit1("HardSigmoid", [ramp], alpha=1e30, beta=0.0)
 
 
@@ -529,7 +510,7 @@ def _clip_bound_mask(ctx: RuleContext, node: NodeProto, position: int) -> str:
 def _prelu_slope(ctx: RuleContext, node: NodeProto) -> str:
     """1 where x > 0, else the (broadcast) slope: slope + [x > 0] (1 - slope)."""
     x, slope = node.input[:2]
-    return _blend(ctx, _step(ctx, x), _scalar(ctx, 1.0, x), slope)
+    return _blend(ctx, forms.step(ctx, x), _scalar(ctx, 1.0, x), slope)
 
 
 def _prelu_negative_part(ctx: RuleContext, node: NodeProto) -> str:
