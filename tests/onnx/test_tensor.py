@@ -1,7 +1,7 @@
-"""Property tests of the shape-operator rules (backends/onnx/_tensor.py): Reshape, Flatten, Transpose,
-Squeeze, Unsqueeze, Concat, Split, Slice, Expand, Tile, DepthToSpace and SpaceToDepth, at the opsets whose
-semantics (or the form of the nodes the rules emit) differ; and a Paddle-style shape-arithmetic model with
-a symbolic batch dimension, differentiated at two batch sizes.
+"""Property tests of the shape-operator rules (backends/onnx/rules/shape.py; Slice in rules/indexing.py):
+Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Expand, Tile, DepthToSpace and
+SpaceToDepth, at the opsets whose semantics (or the form of the nodes the rules emit) differ; and a
+Paddle-style shape-arithmetic model with a symbolic batch dimension, differentiated at two batch sizes.
 
 Each test builds a one- or few-node float64 model with random shapes and attributes and checks its VJP and
 JVP graphs with ``assert_gradients_match``: central finite differences of the ORIGINAL model run by
