@@ -3,7 +3,8 @@
 Slice, Gather and GatherElements are linear in their data, ``y = S x`` with ``S`` a 0/1 selection matrix:
 the JVP selects from the tangent the same way, and the VJP scatters the cotangent back, ``S^T g``, adding
 where an index repeats. Slice's adjoint is a zero Pad of the cotangent; a negative step reverses it first,
-and a step > 1 spreads it with zeros by a Reshape + Pad + Reshape (dense: no scatter, no index tensors).
+and a step > 1 spreads it with zeros by a Reshape + Pad + Reshape (dense: no scatter, no index tensors;
+the same step along both spatial axes of an NCHW tensor takes ``forms.spread_spatially``).
 Gather with constant indices is scattered back by a Pad (one index or an ascending run) or one Gather by the
 inverse map (distinct indices); repeated or data-dependent indices use ScatterElements with
 ``reduction="add"`` (opset >= 16) or a one-hot MatMul (earlier opsets). Range(start, limit, delta) is
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ....core.errors import BackendError
-from . import emit
+from . import emit, forms
 from .registry import RuleContext, jvp_rule, linear, vjp_rule
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ def _spread(ctx: RuleContext, g: str, shape: Sequence[int], slices: list[_AxisSl
     strided = [a for a, s in enumerate(slices) if s.step > 1 and s.count > 1]
     if len(shape) == 4 and strided == [2, 3] and slices[2].step == slices[3].step:
         phases = (begins[3], begins[5])  # the phase Pads of the unit axes inserted after axes 2 and 3
-        spread = _spread_spatially(ctx, g, shape, slices[2].step, phases)
+        spread = forms.spread_spatially(ctx, g, shape, slices[2].step, phases)
     else:
         blocks = emit.pad(ctx, emit.reshape(ctx, g, split_shape, shape), begins, ends)
         spread = ctx.emit1("Reshape", [blocks, ctx.const(merged)])
@@ -150,22 +151,6 @@ def _spread(ctx: RuleContext, g: str, shape: Sequence[int], slices: list[_AxisSl
         for a in axes:
             merged[a] -= crop[a]
     return spread, merged, starts
-
-
-def _spread_spatially(ctx: RuleContext, g: str, shape: Sequence[int], block: int,
-                      phases: tuple[int, int]) -> str:
-    """:func:`_spread` of both spatial axes of an NCHW tensor by the same step, as DepthToSpace (DCR).
-
-    onnxruntime pads the innermost axis slowly (a copy per element); padding a leading unit axis to
-    ``block**2`` channel groups and letting DepthToSpace interleave them is faster (BENCHMARKS.md, "Slice
-    adjoint"). This is the adjoint of YOLOv5's Focus slices.
-    """
-    n, c, h, w = shape
-    group = phases[0] * block + phases[1]  # DCR: out[n, c, h b + i, w b + j] = in[n, (i b + j) C + c, h, w]
-    stacked = ctx.emit1("Reshape", [g, ctx.const([n, 1, c, h, w])])
-    stacked = emit.pad(ctx, stacked, [0, group, 0, 0, 0], [0, block * block - 1 - group, 0, 0, 0])
-    channels = ctx.emit1("Reshape", [stacked, ctx.const([n, block * block * c, h, w])])
-    return ctx.emit1("DepthToSpace", [channels], blocksize=block)
 
 
 @linear("Slice")
