@@ -1,12 +1,14 @@
-"""``If`` nodes whose condition is known when the gradient graph is built are replaced by their taken branch.
+"""Control flow known when the gradient graph is built, written out: If branches inlined, Loop and Scan unrolled.
 
 Shapes are concrete in a gradient graph, and so is every tensor that does not depend on the input's
 values (see ``_graph``): an ``If`` on such a condition (silero-vad's sample rate, a training flag, a shape
 test) computes exactly its taken branch at every input the graph is valid for. Inlining that branch
 (its local tensors renamed apart, its outputs bound to the If's outputs by Identity) makes its nodes
 ordinary nodes of the graph, differentiated by their own rules: the VJP of the If is the VJP of the branch
-it takes. An If whose condition depends on the input's values is left alone (it has no rule: a typed
-refusal names it).
+it takes. A Loop of known trip count and a Scan over a known length are unrolled the same way, one copy of
+the body per iteration with the carried values threaded through and the per-iteration outputs stacked. An
+If whose condition (or a Loop whose trip count) depends on the input's values is left alone (it has no
+rule: a typed refusal names it).
 """
 
 from __future__ import annotations
