@@ -47,8 +47,8 @@ import numpy as np
 
 from ....core.errors import UnsupportedOperatorError
 from . import forms
+from .emit import slice_axes as _opset_slice
 from .registry import RuleContext, jvp_rule, vjp_rule
-from .tensor import _slice as _opset_slice
 
 if TYPE_CHECKING:
     from onnx import NodeProto

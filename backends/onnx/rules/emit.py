@@ -58,6 +58,11 @@ def constant(ctx: RuleContext, node: NodeProto, name: str, what: str) -> np.ndar
     return np.asarray(value)
 
 
+def positive_axis(axis: int, rank: int) -> int:
+    """An axis attribute counted from the front (ONNX lets a negative axis count from the back)."""
+    return axis + rank if axis < 0 else axis
+
+
 def padded(values: Sequence[str | None], length: int) -> Names:
     """``values`` followed by None (no gradient) up to ``length`` entries."""
     return [*values, *[None] * (length - len(values))]

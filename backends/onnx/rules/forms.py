@@ -82,3 +82,27 @@ def spatial_total(ctx: RuleContext, grad: str, shape: Sequence[int], axes: Seque
         area = np.full((1, shape[1], *[1] * (len(shape) - 2)), float(np.prod(shape[2:])), np.float32)
         return ctx.emit1("Mul", [mean, ctx.const(area)])
     return emit.reduce_sum(ctx, grad, axes)
+
+
+def spread_spatially(ctx: RuleContext, g: str, shape: Sequence[int], block: int, phases: tuple[int, int]) -> str:
+    """``g`` (N, C, H, W) spread with zeros: element (h, w) lands at (h block + phases[0], w block + phases[1])
+    of an (N, C, H block, W block) tensor; the adjoint of a Slice with the same step along both spatial axes.
+
+    Plain: Reshape to (N, C, H, 1, W, 1), Pad the unit axes to ``block`` at the phases, Reshape to
+    (N, C, H block, W block). Fast: Reshape to (N, 1, C, H, W), Pad the unit axis to ``block**2`` channel
+    groups at group ``phases[0] block + phases[1]``, Reshape to (N, block**2 C, H, W) and let DepthToSpace
+    (DCR, ``out[n, c, h b + i, w b + j] = in[n, (i b + j) C + c, h, w]``) interleave them: onnxruntime
+    pads an innermost axis with a copy per element, which this avoids. Always equal: the same values
+    moved to the same places.
+    """
+    n, c, h, w = shape
+    if not fast_allowed():
+        blocks = emit.pad(ctx, ctx.emit1("Reshape", [g, ctx.const([n, c, h, 1, w, 1])]),
+                          [0, 0, 0, phases[0], 0, phases[1]],
+                          [0, 0, 0, block - 1 - phases[0], 0, block - 1 - phases[1]])
+        return ctx.emit1("Reshape", [blocks, ctx.const([n, c, h * block, w * block])])
+    group = phases[0] * block + phases[1]
+    stacked = emit.pad(ctx, ctx.emit1("Reshape", [g, ctx.const([n, 1, c, h, w])]),
+                       [0, group, 0, 0, 0], [0, block * block - 1 - group, 0, 0, 0])
+    channels = ctx.emit1("Reshape", [stacked, ctx.const([n, block * block * c, h, w])])
+    return ctx.emit1("DepthToSpace", [channels], blocksize=block)

@@ -154,7 +154,7 @@ RANDOM_OPS = frozenset({
 # differentiated path silently, because their outputs' values are no differentiable function of their
 # inputs' values (Shape and EyeLike read only a shape; ConstantOfShape's fill is a constant, its shape an
 # integer; random draws are not functions at all). Range is not here: its values, start + i delta, are
-# differentiable in start and delta (it has a rule, in ``_tensor``). An output of these operators may
+# differentiable in start and delta (it has a rule, in ``indexing``). An output of these operators may
 # still *vary* with the input's values (ConstantOfShape of a shape computed from them): the builder
 # never reads such a tensor as a constant (see ``_graph._dependence``).
 SHAPE_ONLY_OPS = frozenset({"Shape", "Size", "Constant", "ConstantOfShape", "EyeLike"}) | RANDOM_OPS
