@@ -532,16 +532,11 @@ def _emit_vjp(builder: _Builder, nodes: list[Any], source: str, output: str, see
         ]
         if all(g is None for g in out_grads):
             continue
-        fn = _require_rule(node, builder.opset, "vjp")
-        builder.current = node.name or node.op_type
-        in_grads = fn(builder, node, out_grads)
-        _check_arity(node, in_grads, len(node.input), "VJP")
-        for name, grad in zip(node.input, in_grads, strict=True):
-            if grad is not None and name in builder.on_path:
-                builder.record(grad, name)
-                grads.setdefault(name, []).append(grad)
+        in_grads = _apply_rule(builder, node, "vjp", out_grads, len(node.input))
+        for name, grad in _on_path(builder, node.input, in_grads):
+            grads.setdefault(name, []).append(grad)
     if not grads.get(source):
-        raise ModelError(f"the output {output!r} does not depend on {source!r}: its gradient is zero.")
+        raise _independent(output, source)
     return builder.sum(grads[source], source)
 
 
@@ -551,17 +546,33 @@ def _emit_jvp(builder: _Builder, nodes: list[Any], source: str, output: str, see
         in_tangents = [tangents.get(name) if name else None for name in node.input]
         if all(t is None for t in in_tangents):
             continue
-        fn = _require_rule(node, builder.opset, "jvp")
-        builder.current = node.name or node.op_type
-        out_tangents = fn(builder, node, in_tangents)
-        _check_arity(node, out_tangents, len(node.output), "JVP")
-        for name, tangent in zip(node.output, out_tangents, strict=True):
-            if tangent is not None and name in builder.on_path:
-                builder.record(tangent, name)
-                tangents[name] = tangent
+        out_tangents = _apply_rule(builder, node, "jvp", in_tangents, len(node.output))
+        tangents.update(_on_path(builder, node.output, out_tangents))
     if output not in tangents:
-        raise ModelError(f"the output {output!r} does not depend on {source!r}: its gradient is zero.")
+        raise _independent(output, source)
     return tangents[output]
+
+
+def _apply_rule(builder: _Builder, node: Any, mode: str, given: list[str | None], expected: int) -> list[str | None]:
+    """Call the node's ``mode`` rule on ``given`` (its outputs' cotangents, or its inputs' tangents)."""
+    fn = _require_rule(node, builder.opset, mode)
+    builder.current = node.name or node.op_type
+    result = fn(builder, node, given)
+    _check_arity(node, result, expected, mode.upper())
+    return result
+
+
+def _on_path(builder: _Builder, names: Sequence[str], values: list[str | None]) -> list[tuple[str, str]]:
+    """(tensor, value) for each value a rule computed for a tensor on the path, its shape recorded."""
+    kept = [(name, value) for name, value in zip(names, values, strict=True)
+            if value is not None and name in builder.on_path]
+    for name, value in kept:
+        builder.record(value, name)
+    return kept
+
+
+def _independent(output: str, source: str) -> ModelError:
+    return ModelError(f"the output {output!r} does not depend on {source!r}: its gradient is zero.")
 
 
 def _check_arity(node: Any, result: Any, expected: int, kind: str) -> None:
