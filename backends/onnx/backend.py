@@ -420,12 +420,12 @@ class OnnxBackend:
             )
 
     def _graph_key(self, x: np.ndarray, mode: str, wrt: str | None) -> tuple:
-        """What a gradient graph is built for (the cache adds whether it may speculate)."""
+        """What a gradient graph is built for (the cache adds whether it is the exact, non-speculative one)."""
         return (tuple(x.shape), mode, wrt, self._relu_rule)
 
     def _built(self, x: np.ndarray, mode: str, wrt: str | None, speculative: bool, stale: Any = None) -> Any:
         """The cached graph for ``x``'s shape, built (probed at ``x``) if missing or if it is ``stale``."""
-        key = (*self._graph_key(x, mode, wrt), speculative)
+        key = (*self._graph_key(x, mode, wrt), not speculative)
         shared = self._shared
         with shared.lock:
             if key in shared.cache and (stale is None or shared.cache[key] is not stale):

@@ -147,6 +147,23 @@ def _flags_raised(model, x, v) -> bool:
     return any(bool(f) for f in flags)
 
 
+def test_tiled_max_pool_speculates_only_when_allowed():
+    """The speculative graph holds the mask form and lists its guard; the exact one reads the Indices
+    (MaxUnpool) and has no guard."""
+    from gradsal.backends.onnx._graph import build_gradient_model
+
+    x = np.random.default_rng(5).permutation(2 * 3 * 4 * 6).reshape(2, 3, 4, 6).astype(F32)
+    model = _tiled_pool(x, [2, 2])
+    speculative = build_gradient_model(model, x.shape, input_name="x", output_name="y")
+    exact = build_gradient_model(model, x.shape, input_name="x", output_name="y", speculative=False)
+    assert len(speculative.guards) == 1 and speculative.guards[0].why
+    assert exact.guards == ()
+    graph_outputs = {o.name for o in speculative.model.graph.output}
+    assert speculative.guards[0].output in graph_outputs
+    assert "MaxUnpool" in {n.op_type for n in exact.model.graph.node}
+    assert "MaxUnpool" not in {n.op_type for n in speculative.model.graph.node}
+
+
 @pytest.mark.parametrize("kernel", [[2, 2], [2, 1], [3, 2]])
 def test_tiled_max_pool_mask_hands_ties_to_the_indices(kernel):
     """float32 windows that tile x take the mask form; a window with two maxima raises the tie flag and
