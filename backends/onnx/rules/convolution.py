@@ -21,7 +21,7 @@ import numpy as np
 from . import emit
 from .correlation import conv_input_strategy, correlation_adjoint, transpose_adjoint
 from .registry import RuleContext, bilinear
-from .windows import Axis, window_axes
+from .windows import Axis, window_attributes, window_axes
 
 if TYPE_CHECKING:
     from onnx import NodeProto
@@ -117,11 +117,8 @@ def _conv_transpose_axes(ctx: RuleContext, node: NodeProto, x: str, y: str, kern
     """
     x_shape, y_shape = ctx.shape(x), ctx.shape(y)
     n = len(kernel)
-    strides = list(ctx.attr(node, "strides", None) or [1] * n)
-    dilations = list(ctx.attr(node, "dilations", None) or [1] * n)
-    pads = list(ctx.attr(node, "pads", None) or [0] * (2 * n))
+    strides, dilations, pads, auto_pad = window_attributes(ctx, node, n)
     output_padding = list(ctx.attr(node, "output_padding", None) or [0] * n)
-    auto_pad = ctx.attr(node, "auto_pad", "NOTSET") or "NOTSET"
     derived = bool(ctx.attr(node, "output_shape", None)) or auto_pad in ("SAME_UPPER", "SAME_LOWER")
     axes = []
     for a in range(n):

@@ -35,7 +35,7 @@ Names = list[str | None]
 
 
 def _pool_axes(ctx: RuleContext, node: NodeProto) -> list[Axis]:
-    kernel = list(ctx.attr(node, "kernel_shape"))  # type: ignore[call-overload]
+    kernel = list(ctx.attr(node, "kernel_shape"))
     return window_axes(ctx, node, node.input[0], node.output[0], kernel, pool=True)
 
 

@@ -51,21 +51,25 @@ def _same_pad_begin(mode: str, size: int, stride: int, extent: int) -> int:
     return needed // 2 if mode == "SAME_UPPER" else (needed + 1) // 2
 
 
+def window_attributes(ctx: RuleContext, node: NodeProto, n: int) -> tuple[list[int], list[int], list[int], str]:
+    """(strides, dilations, pads, auto_pad) of a windowed node over ``n`` spatial axes, defaults filled in."""
+    strides = list(ctx.attr(node, "strides", None) or [1] * n)
+    dilations = list(ctx.attr(node, "dilations", None) or [1] * n)
+    pads = list(ctx.attr(node, "pads", None) or [0] * (2 * n))
+    return strides, dilations, pads, str(ctx.attr(node, "auto_pad", "NOTSET") or "NOTSET")
+
+
 def window_axes(ctx: RuleContext, node: NodeProto, x: str, y: str, kernel: Sequence[int],
                 *, pool: bool) -> list[Axis]:
     """Per-axis geometry of a Conv or pooling node, with auto_pad resolved the way onnxruntime does."""
     x_shape, y_shape = ctx.shape(x), ctx.shape(y)
-    n = len(kernel)
-    strides = list(ctx.attr(node, "strides", None) or [1] * n)
-    dilations = list(ctx.attr(node, "dilations", None) or [1] * n)
-    pads = list(ctx.attr(node, "pads", None) or [0] * (2 * n))
-    auto_pad = ctx.attr(node, "auto_pad", "NOTSET") or "NOTSET"
+    strides, dilations, pads, auto_pad = window_attributes(ctx, node, len(kernel))
     axes = []
-    for a in range(n):
+    for a in range(len(kernel)):
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             # onnxruntime sizes a pool's SAME padding by the undilated kernel, a Conv's by the dilated one
             extent = kernel[a] if pool else dilations[a] * (kernel[a] - 1) + 1
-            pad_begin = _same_pad_begin(str(auto_pad), x_shape[a + 2], strides[a], extent)
+            pad_begin = _same_pad_begin(auto_pad, x_shape[a + 2], strides[a], extent)
         elif auto_pad == "VALID":
             pad_begin = 0
         else:
