@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("elementwise", "conv", "shape", "indexing", "reductions", "losses")
+FAMILIES = ("elementwise", "conv", "convolution", "pooling", "padding", "resizing", "shape", "indexing",
+            "reductions", "losses")
 
 
 def load() -> None:
