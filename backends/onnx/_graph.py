@@ -31,6 +31,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
+from . import _graph_edit as edit
 from . import _model_io as io
 from . import rules as _rule_families
 from ._control_flow import if_conditions, inline_known_ifs, names_in, unroll_known_loops, unroll_scans
@@ -99,9 +100,9 @@ class _Probe:
 
 
 def _default_opset(model: Any) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
+    opset = edit.default_opset(model)
+    if opset:
+        return int(opset)
     raise ModelError("the ONNX model imports no default ('ai.onnx') opset; it cannot be differentiated.")
 
 
@@ -127,7 +128,7 @@ def _reads(node: Any) -> list[str]:
     """The tensors a node reads: its inputs, and the outer-scope tensors its subgraphs use."""
     names = [name for name in node.input if name]
     for attribute in node.attribute:
-        for sub in [attribute.g, *attribute.graphs]:
+        for sub in edit.subgraphs(attribute):
             names.extend(name for n in sub.node for name in _reads(n))
     return names
 
@@ -149,7 +150,7 @@ def _dependence(graph: Any, sources: set[str],
             value_varies = shape_varies
         else:
             value_varies = node.op_type in _rules.RANDOM_OPS or any(name in values for name in reads)
-        positions = _SHAPE_SETTING_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else None
+        positions = _SHAPE_SETTING_INPUTS.get(node.op_type, ()) if edit.is_standard(node) else None
         setting = reads if positions is None else [node.input[i] for i in positions if i < len(node.input)]
         if shape_varies or any(name in values for name in setting if name):
             shapes.update(name for name in outputs if name not in static)
@@ -296,7 +297,7 @@ def _outer_reads(node: Any) -> list[str]:
     """The outer-scope tensors that a node's subgraphs (If branches, Loop and Scan bodies) read."""
     names: list[str] = []
     for attribute in node.attribute:
-        for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+        for sub in edit.subgraphs(attribute):
             local = ({vi.name for vi in sub.input} | {t.name for t in sub.initializer}
                      | {name for n in sub.node for name in n.output})
             read = [name for n in sub.node for name in (*n.input, *_outer_reads(n)) if name]
@@ -508,7 +509,7 @@ def _require_rule(node: Any, opset: int, mode: str) -> Any:
             f"(output_name=...) or {hint[0].lower() + hint[1:]}"
         )
     if fn is None:
-        domain = f" in domain {node.domain!r}" if node.domain not in ("", "ai.onnx") else ""
+        domain = f" in domain {node.domain!r}" if not edit.is_standard(node) else ""
         raise UnsupportedOperatorError(
             f"gradsal has no {'reverse' if mode == 'vjp' else 'forward'}-mode rule for "
             f"{_node_label(node, opset)}{domain}. {hint}"
@@ -592,7 +593,7 @@ def _needed_nodes(nodes: list[Any], outputs: set[str]) -> list[Any]:
             keep.append(node)
             needed.update(name for name in node.input if name)
             for attribute in node.attribute:  # tensors a subgraph reads from the outer scope
-                for sub in [attribute.g, *attribute.graphs]:
+                for sub in edit.subgraphs(attribute):
                     needed.update(name for n in sub.node for name in n.input if name)
     keep.reverse()
     return keep

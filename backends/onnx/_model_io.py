@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...core.errors import InputError, InputTypeError, MissingDependencyError, ModelError
-from ._graph_edit import subgraphs
+from ._graph_edit import default_opset, subgraphs
 
 INSTALL_HINT = "pip install 'gradsal[onnx]'"
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -127,7 +127,7 @@ def _check(loaded: LoadedModel) -> None:
         raise ModelError(
             f"{loaded.label} holds no ONNX graph (no nodes): it is empty, truncated or not an ONNX model."
         )
-    if not any(imp.domain in ("", "ai.onnx") for imp in proto.opset_import):
+    if not default_opset(proto):
         raise ModelError(f"{loaded.label} imports no default ('ai.onnx') opset; it is not a usable ONNX model.")
 
 

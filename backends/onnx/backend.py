@@ -61,6 +61,7 @@ from ...core.errors import (
     UnsupportedOperatorError,
 )
 from .._stacklevel import user_stacklevel
+from . import _graph_edit as edit
 from . import _model_io as io
 from . import _output_layout as layout
 from . import rules
@@ -708,7 +709,7 @@ def _choose_output(graph: Any, output_name: str | None, explain_logits: bool, la
         node = made_by.get(node.input[0])
     if node is None:
         return first
-    if node.op_type in ("Softmax", "LogSoftmax") and node.domain in ("", "ai.onnx"):
+    if node.op_type in ("Softmax", "LogSoftmax") and edit.is_standard(node):
         logits, head = node.input[0], node.op_type
     else:
         logits, head = softmax_logits(node, graph), "softmax (Exp/ReduceSum/Div)"
