@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("elementwise", "conv", "tensor", "losses")
+FAMILIES = ("pointwise", "arithmetic", "matmul", "softmax", "normalisation", "conv", "tensor", "losses")
 
 
 def load() -> None:
