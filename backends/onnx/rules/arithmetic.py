@@ -56,30 +56,20 @@ def _signed_sum(ctx: RuleContext, node: NodeProto, signed: Sequence[tuple[str | 
     return _to_output(ctx, node, total, _broadcast_shape(ctx.shape(like1), ctx.shape(like2)))
 
 
-@vjp_rule("Add")
-def add_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
+@vjp_rule("Add", "Sub")
+def add_sub_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
+    """d(a + b) = (1, 1), d(a - b) = (1, -1)."""
     g, out_shape = grads[0], ctx.shape(node.output[0])
-    return [ctx.unbroadcast(g, name, out_shape) if ctx.needs_grad(name) else None for name in node.input]
+    result = [ctx.unbroadcast(g, name, out_shape) if ctx.needs_grad(name) else None for name in node.input]
+    if node.op_type == "Sub" and result[1] is not None:
+        result[1] = ctx.emit1("Neg", [result[1]])
+    return result
 
 
-@jvp_rule("Add")
-def add_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
+@jvp_rule("Add", "Sub")
+def add_sub_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
     a, b = node.input[:2]
-    return [_signed_sum(ctx, node, [(tangents[0], a, False), (tangents[1], b, False)])]
-
-
-@vjp_rule("Sub")
-def sub_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
-    g, (a, b), out_shape = grads[0], node.input[:2], ctx.shape(node.output[0])
-    ga = ctx.unbroadcast(g, a, out_shape) if ctx.needs_grad(a) else None
-    gb = ctx.emit1("Neg", [ctx.unbroadcast(g, b, out_shape)]) if ctx.needs_grad(b) else None
-    return [ga, gb]
-
-
-@jvp_rule("Sub")
-def sub_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
-    a, b = node.input[:2]
-    return [_signed_sum(ctx, node, [(tangents[0], a, False), (tangents[1], b, True)])]
+    return [_signed_sum(ctx, node, [(tangents[0], a, False), (tangents[1], b, node.op_type == "Sub")])]
 
 
 # ------------------------------------------------------------------------------------------ Mul, Div

@@ -39,6 +39,19 @@ def _one_minus(ctx: RuleContext, y: str) -> str:
 # ------------------------------------------------------------------------------ smooth functions
 
 
+def _derivative_operator(op: str, derivative: str) -> None:
+    """Register ``v * derivative(x)`` as the rule of ``op``, whose derivative is another ONNX operator."""
+
+    @diagonal(op)
+    def apply(ctx: RuleContext, node: NodeProto, v: str) -> str:
+        return _mul(ctx, v, ctx.emit1(derivative, [node.input[0]]))
+
+
+# d|x| = sign(x), d log(1 + e^x) = sigmoid(x), d sin(x) = cos(x)
+for _op, _derivative in (("Abs", "Sign"), ("Softplus", "Sigmoid"), ("Sin", "Cos")):
+    _derivative_operator(_op, _derivative)
+
+
 @diagonal("Identity")
 def _identity(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return v
@@ -73,11 +86,6 @@ def _reciprocal(ctx: RuleContext, node: NodeProto, v: str) -> str:
     return ctx.emit1("Neg", [_mul(ctx, v, _mul(ctx, y, y))])
 
 
-@diagonal("Abs")
-def _abs(ctx: RuleContext, node: NodeProto, v: str) -> str:
-    return _mul(ctx, v, ctx.emit1("Sign", [node.input[0]]))
-
-
 @diagonal("Sigmoid")
 def _sigmoid(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """d sigmoid = y (1 - y)."""
@@ -90,12 +98,6 @@ def _tanh(ctx: RuleContext, node: NodeProto, v: str) -> str:
     """d tanh = 1 - y^2."""
     y = node.output[0]
     return _mul(ctx, v, ctx.emit1("Sub", [emit.scalar(ctx, 1.0, y), _mul(ctx, y, y)]))
-
-
-@diagonal("Softplus")
-def _softplus(ctx: RuleContext, node: NodeProto, v: str) -> str:
-    """d log(1 + e^x) = sigmoid(x)."""
-    return _mul(ctx, v, ctx.emit1("Sigmoid", [node.input[0]]))
 
 
 @diagonal("Softsign")
@@ -112,11 +114,6 @@ def _erf(ctx: RuleContext, node: NodeProto, v: str) -> str:
     x = node.input[0]
     bell = ctx.emit1("Exp", [_mul(ctx, _mul(ctx, x, x), emit.scalar(ctx, -1.0, x))])
     return _mul(ctx, v, _mul(ctx, bell, emit.scalar(ctx, 2.0 / math.sqrt(math.pi), x)))
-
-
-@diagonal("Sin")
-def _sin(ctx: RuleContext, node: NodeProto, v: str) -> str:
-    return _mul(ctx, v, ctx.emit1("Cos", [node.input[0]]))
 
 
 @diagonal("Cos")

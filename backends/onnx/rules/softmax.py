@@ -37,33 +37,29 @@ def _softmax_product(ctx: RuleContext, node: NodeProto, v: str) -> str | None:
     return ctx.emit1("Mul", [y, ctx.emit1("Sub", [v, total])])
 
 
+# The Jacobian is symmetric: one product serves as the VJP and the JVP.
 @vjp_rule("Softmax")
-def softmax_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
-    return [_softmax_product(ctx, node, grads[0])]  # type: ignore[arg-type]
-
-
 @jvp_rule("Softmax")
-def softmax_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
-    return [_softmax_product(ctx, node, tangents[0])]  # type: ignore[arg-type]
+def softmax_product(ctx: RuleContext, node: NodeProto, seeds: Names) -> Names:
+    return [_softmax_product(ctx, node, seeds[0])]  # type: ignore[arg-type]
+
+
+def _log_softmax_product(ctx: RuleContext, node: NodeProto, v: str, transposed: bool) -> str | None:
+    """J^T v = v - p sum(v) or J v = v - sum(v p) over the axes, with p = softmax(x) = exp(y)."""
+    axes = _softmax_axes(ctx, node)
+    if not axes:
+        return None
+    probabilities = ctx.emit1("Exp", [node.output[0]])
+    if transposed:
+        return ctx.emit1("Sub", [v, ctx.emit1("Mul", [probabilities, emit.reduce_sum(ctx, v, axes)])])
+    return ctx.emit1("Sub", [v, emit.reduce_sum(ctx, ctx.emit1("Mul", [v, probabilities]), axes)])
 
 
 @vjp_rule("LogSoftmax")
 def log_softmax_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
-    """J^T g = g - softmax * sum(g) over the axes; softmax = exp(y)."""
-    g, axes = grads[0], _softmax_axes(ctx, node)
-    if not axes:
-        return [None]
-    probabilities = ctx.emit1("Exp", [node.output[0]])
-    total = emit.reduce_sum(ctx, g, axes)  # type: ignore[arg-type]
-    return [ctx.emit1("Sub", [g, ctx.emit1("Mul", [probabilities, total])])]  # type: ignore[list-item]
+    return [_log_softmax_product(ctx, node, grads[0], transposed=True)]  # type: ignore[arg-type]
 
 
 @jvp_rule("LogSoftmax")
 def log_softmax_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
-    """J t = t - sum(t * softmax) over the axes."""
-    t, axes = tangents[0], _softmax_axes(ctx, node)
-    if not axes:
-        return [None]
-    probabilities = ctx.emit1("Exp", [node.output[0]])
-    total = emit.reduce_sum(ctx, ctx.emit1("Mul", [t, probabilities]), axes)  # type: ignore[list-item]
-    return [ctx.emit1("Sub", [t, total])]  # type: ignore[list-item]
+    return [_log_softmax_product(ctx, node, tangents[0], transposed=False)]  # type: ignore[arg-type]
