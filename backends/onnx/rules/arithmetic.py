@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import emit, forms
+from .emit import Names
 from .registry import RuleContext, jvp_rule, vjp_rule
 
 if TYPE_CHECKING:
     from onnx import NodeProto
 
-Names = list[str | None]
 
 _FLOAT_ELEM_TYPES = frozenset({1, 10, 11, 16})  # float32, float16, float64, bfloat16
 
@@ -100,7 +100,7 @@ def mul_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
 def div_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
     """y = a / b: ga = g / b, gb = -(g / b) y."""
     g, (a, b), out_shape = grads[0], node.input[:2], ctx.shape(node.output[0])
-    quotient = forms.divided(ctx, g, b, out_shape) if not ctx.needs_grad(b) else ctx.emit1("Div", [g, b])
+    quotient = forms.divided(ctx, g, b, out_shape)
     ga = ctx.unbroadcast(quotient, a, out_shape) if ctx.needs_grad(a) else None
     gb = None
     if ctx.needs_grad(b):

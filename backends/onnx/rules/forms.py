@@ -3,10 +3,11 @@
 The rules state the maths; some quantities have a second spelling that onnxruntime's CPU kernels run
 faster, usually because it stays in the blocked NCHWc layout onnxruntime uses around its convolutions
 (a scalar ``Mul`` or a ``ReduceSum`` there costs a reorder of the whole tensor out of that layout and
-back) or because one vectorised kernel replaces two. Each form here is one function: it emits the fast
-spelling where its precondition holds and the plain one otherwise, and its docstring says when the two
-agree exactly. Inside ``with plain():`` every form emits its plain spelling, which is how the tests check
-each fast spelling against its definition (``tests/onnx/test_forms.py``).
+back), because one vectorised kernel replaces two, or because onnxruntime's CPU ``Where`` is several
+times slower than arithmetic on a 0/1 mask (``benchmarks/measure_mask_forms.py``). Each form here is one
+function: it emits the fast spelling where its precondition holds and the plain one otherwise, and its
+docstring says when the two agree exactly. Inside ``with plain():`` every form emits its plain spelling,
+which is how the tests check each fast spelling against its definition (``tests/onnx/test_forms.py``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def step(ctx: RuleContext, x: str) -> str:
     """
     if fast_allowed() and emit.elem_type(ctx, x) == _FLOAT32:
         return ctx.emit1("HardSigmoid", [x], alpha=1e30, beta=0.0)
-    return emit.mask(ctx, ctx.emit1("Greater", [x, emit.scalar(ctx, 0.0, x)]), x)
+    return _compare(ctx, x, 0.0, 1.0)
 
 
 def scale(ctx: RuleContext, v: str, factor: float, like: str) -> str:
@@ -162,8 +163,8 @@ def clip_interior(ctx: RuleContext, x: str, y: str, low: float | None, high: flo
     """Where ``y = clip(x, low, high)`` passes ``x`` through, as 0/1 in ``x``'s float type.
 
     Plain: ``Cast(Equal(x, y))``, the definition for any bounds (``low``/``high``: the constant bounds,
-    None where absent or not known at build time). Fast, for float32 with a constant bound: the product of
-    :func:`steep_step` s of the output, ``[low < y] [y < high]``, which onnxruntime runs in its blocked
+    None where absent or not known at build time). Fast, for float32 with a constant bound: steep steps of
+    the output (:func:`steep_step`), ``[low < y] [y < high]``, which onnxruntime runs in its blocked
     layout next to the Convs (keeping Conv+Clip fused); for a rank-4 ReLU6 (low = 0) whose
     :func:`box_step_is_exact` holds, the two-pass box mask. Equal to the plain form except at x exactly on
     a bound (the fast form gives 0, the plain 1: both are subgradients at the kink) and, for the steep

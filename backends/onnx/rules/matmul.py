@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import emit
+from .emit import Names
 from .registry import RuleContext, bilinear, jvp_rule, vjp_rule
 
 if TYPE_CHECKING:
     from onnx import NodeProto
-
-Names = list[str | None]
 
 
 def _broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:

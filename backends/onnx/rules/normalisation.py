@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from . import emit
+from .emit import Names
 from .registry import RuleContext, jvp_rule, vjp_rule
 
 if TYPE_CHECKING:
     from onnx import NodeProto
-
-Names = list[str | None]
 
 
 def _mul(ctx: RuleContext, a: str, b: str) -> str:

@@ -18,12 +18,12 @@ import numpy as np
 
 from ....core.errors import InputError
 from . import emit, forms
+from .emit import Names
 from .registry import RuleContext, diagonal, jvp_rule, vjp_rule
 
 if TYPE_CHECKING:
     from onnx import NodeProto
 
-Names = list[str | None]
 
 _RELU_RULES = frozenset({"standard", "guided", "deconvnet"})
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import emit
+from .emit import Names
 from .registry import RuleContext, jvp_rule, vjp_rule
 
 if TYPE_CHECKING:
     from onnx import NodeProto
-
-Names = list[str | None]
 
 
 def _softmax_axes(ctx: RuleContext, node: NodeProto) -> list[int]:
