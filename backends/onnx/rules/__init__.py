@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("elementwise", "conv", "convolution", "pooling", "padding", "resizing", "shape", "indexing",
-            "reductions", "losses")
+FAMILIES = (
+    "pointwise", "arithmetic", "matmul", "softmax", "normalisation",
+    "convolution", "pooling", "padding", "resizing",
+    "shape", "indexing", "reductions", "losses",
+)
 
 
 def load() -> None:
