@@ -292,3 +292,19 @@ def test_spatial_total_of_a_channel_broadcast():
     np.testing.assert_allclose(fast.gradient, plain.gradient, rtol=1e-5, atol=1e-6)
     expected = v + v.sum(axis=(2, 3), keepdims=True, dtype=np.float64) / 30
     np.testing.assert_allclose(plain.gradient, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_max_pool_mask_marks_each_window_maximum():
+    """MaxPool 2x2 over tiling windows: the mask [x - window max == 0], HardSigmoid(1e30 gap + 1) (fast) or
+    Not(gap < 0) (plain), sends each window's cotangent to its maximum, as a NumPy argmax does."""
+    x = np.random.default_rng(3).permutation(2 * CHANNELS * 4 * 6).reshape(2, CHANNELS, 4, 6).astype(F32) / 7
+    model = between_convs([node("MaxPool", ["a"], ["b"], kernel_shape=[2, 2], strides=[2, 2])])
+    v = cotangent((2, CHANNELS, 2, 3))
+    fast, plain = fast_and_plain(model, x, v)
+    assert fast.ops["HardSigmoid"] == 1 and plain.ops["HardSigmoid"] == 0 and plain.ops["Less"] >= 1
+    windows = x.reshape(2, CHANNELS, 2, 2, 3, 2).transpose(0, 1, 2, 4, 3, 5).reshape(2, CHANNELS, 2, 3, 4)
+    hot = windows.argmax(axis=-1)[..., None] == np.arange(4)
+    spread = (hot * v[..., None]).reshape(2, CHANNELS, 2, 3, 2, 2).transpose(0, 1, 2, 4, 3, 5)
+    expected = spread.reshape(x.shape)
+    np.testing.assert_array_equal(fast.gradient, expected)
+    np.testing.assert_array_equal(plain.gradient, expected)

@@ -172,7 +172,7 @@ def pow_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
         ga = ctx.unbroadcast(_mul(ctx, g, _pow_base_derivative(ctx, node)[0]), a, out_shape)
     if ctx.needs_grad(b):
         gb_full = _mul(ctx, g, _pow_exponent_derivative(ctx, node))
-        gb_typed = _convert(ctx, gb_full, emit.elem_type(ctx, b), emit.elem_type(ctx, a))
+        gb_typed = emit.cast(ctx, gb_full, emit.elem_type(ctx, b), emit.elem_type(ctx, a))
         gb = ctx.unbroadcast(gb_typed, b, out_shape)
     return [ga, gb]
 
@@ -187,7 +187,7 @@ def pow_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
         term = _mul(ctx, tangents[0], derivative)
         terms.append(_to_output(ctx, node, term, _broadcast_shape(ctx.shape(a), shape)))
     if tangents[1] is not None:
-        tb = _convert(ctx, tangents[1], emit.elem_type(ctx, a), emit.elem_type(ctx, b))
+        tb = emit.cast(ctx, tangents[1], emit.elem_type(ctx, a), emit.elem_type(ctx, b))
         terms.append(_mul(ctx, tb, _pow_exponent_derivative(ctx, node)))  # y has the output's shape
     return [emit.total(ctx, terms)]
 
@@ -333,22 +333,14 @@ def _cast_types(ctx: RuleContext, node: NodeProto) -> tuple[int, int]:
     return source, target
 
 
-def _convert(ctx: RuleContext, name: str, to: int, from_elem: int) -> str:
-    """``name`` (of element type ``from_elem``) as element type ``to``; nothing is emitted when they agree.
-
-    Cotangents and tangents have no entry of their own in the context's type table, so the source type
-    is passed in rather than looked up.
-    """
-    return name if to == from_elem else ctx.emit1("Cast", [name], to=to)
-
 
 @vjp_rule("Cast", "CastLike", differentiable=(0,))
 def cast_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
     source, target = _cast_types(ctx, node)
-    return emit.padded([_convert(ctx, grads[0], source, target)], len(node.input))
+    return emit.padded([emit.cast(ctx, grads[0], source, target)], len(node.input))
 
 
 @jvp_rule("Cast", "CastLike")
 def cast_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
     source, target = _cast_types(ctx, node)
-    return [_convert(ctx, tangents[0], target, source)]
+    return [emit.cast(ctx, tangents[0], target, source)]

@@ -106,9 +106,13 @@ def scalar(ctx: RuleContext, value: float, like: str) -> str:
     return ctx.const(float(value), like=like)
 
 
-def cast(ctx: RuleContext, name: str, to: int) -> str:
-    """``name`` as element type ``to``; nothing is emitted when it already is."""
-    return name if elem_type(ctx, name) == to else ctx.emit1("Cast", [name], to=to)
+def cast(ctx: RuleContext, name: str, to: int, from_elem: int | None = None) -> str:
+    """``name`` as element type ``to``; nothing is emitted when it already is.
+
+    ``from_elem``: the type ``name`` has, for a cotangent or tangent, which the context does not type.
+    """
+    source = elem_type(ctx, name) if from_elem is None else from_elem
+    return name if source == to else ctx.emit1("Cast", [name], to=to)
 
 
 def mask(ctx: RuleContext, condition: str, like: str) -> str:

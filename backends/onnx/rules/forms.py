@@ -154,6 +154,19 @@ def exact_step(ctx: RuleContext, y: str, bound: float, side: float) -> str:
     return ctx.emit1("HardSigmoid", [y], alpha=side * slope, beta=-side * slope * bound)
 
 
+def at_top(ctx: RuleContext, gap: str) -> str:
+    """``[gap == 0]`` as 0/1 for a float ``gap <= 0`` (an input minus its window's maximum, say).
+
+    Plain: ``Cast(Not(Less(gap, 0)))``. Fast, for float32: ``HardSigmoid(gap; alpha=1e30, beta=1)`` =
+    ``clip(1e30 gap + 1, 0, 1)``, one pass that onnxruntime fuses with the Add before it in its blocked
+    layout; equal to the plain form except for ``-1e-30 < gap < 0``, where it is a fraction.
+    """
+    if fast_allowed() and emit.elem_type(ctx, gap) == _FLOAT32:
+        return ctx.emit1("HardSigmoid", [gap], alpha=1e30, beta=1.0)
+    below = ctx.emit1("Less", [gap, emit.scalar(ctx, 0.0, gap)])
+    return emit.mask(ctx, ctx.emit1("Not", [below]), gap)
+
+
 # ------------------------------------------------------------------------------------- box masks
 
 

@@ -28,11 +28,6 @@ def _mul(ctx: RuleContext, a: str, b: str) -> str:
     return ctx.emit1("Mul", [a, b])
 
 
-def _in_type(ctx: RuleContext, name: str, to: int, from_elem: int) -> str:
-    """``name`` (of element type ``from_elem``: cotangents have no entry of their own in the context's
-    type table) as element type ``to``; nothing is emitted when they agree."""
-    return name if to == from_elem else ctx.emit1("Cast", [name], to=to)
-
 
 # --------------------------------------------------------------------- the normalisation Jacobian
 
@@ -178,7 +173,7 @@ def _layer_norm_statistics(ctx: RuleContext, node: NodeProto) -> tuple[_Normalis
         "LayerNormalization", [x, ones], 3, axis=axis, epsilon=float(ctx.attr(node, "epsilon", 1e-5)),
         stash_type=stash,
     )
-    inv_std = _in_type(ctx, inv_std, emit.elem_type(ctx, x), stash)
+    inv_std = emit.cast(ctx, inv_std, emit.elem_type(ctx, x), stash)
     return _Normalised(x_hat, inv_std, list(range(axis, len(shape)))), stash
 
 
@@ -198,11 +193,11 @@ def layer_norm_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
             terms.append(_normalisation_jacobian(ctx, stats, _mul(ctx, g, scale)).product)
         count = float(np.prod([x_shape[a] for a in stats.axes]))
         if g_mean is not None:
-            share = _mul(ctx, _in_type(ctx, g_mean, elem, stash), emit.scalar(ctx, 1.0 / count, x))
+            share = _mul(ctx, emit.cast(ctx, g_mean, elem, stash), emit.scalar(ctx, 1.0 / count, x))
             terms.append(emit.expand(ctx, share, x_shape, from_shape=ctx.shape(node.output[1])))
         if g_inv_std is not None:
             inv_std = stats.inv_std
-            g_r = _mul(ctx, _in_type(ctx, g_inv_std, elem, stash), _mul(ctx, inv_std, inv_std))
+            g_r = _mul(ctx, emit.cast(ctx, g_inv_std, elem, stash), _mul(ctx, inv_std, inv_std))
             terms.append(_mul(ctx, _mul(ctx, g_r, stats.x_hat), emit.scalar(ctx, -1.0 / count, x)))
         result[0] = emit.total(ctx, terms)
     if g is not None and ctx.needs_grad(scale):
@@ -226,10 +221,10 @@ def layer_norm_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
         terms.append(_mul(ctx, projection.product, scale))
         elem = emit.elem_type(ctx, x)
         if len(node.output) > 1 and node.output[1]:
-            outputs[1] = _in_type(ctx, projection.mean, stash, elem)
+            outputs[1] = emit.cast(ctx, projection.mean, stash, elem)
         if len(node.output) > 2 and node.output[2]:
             minus_r2 = ctx.emit1("Neg", [_mul(ctx, stats.inv_std, stats.inv_std)])
-            outputs[2] = _in_type(ctx, _mul(ctx, minus_r2, projection.mean_along), stash, elem)
+            outputs[2] = emit.cast(ctx, _mul(ctx, minus_r2, projection.mean_along), stash, elem)
     if t_scale is not None:
         terms.append(_mul(ctx, stats.x_hat, t_scale))
     if t_bias is not None:

@@ -144,7 +144,7 @@ def _max_pool_mask(ctx: RuleContext, node: NodeProto, g: str, axes: Sequence[Axi
         return up
 
     gap = ctx.emit1("Add", [forms.scale(ctx, upsample(y), -1.0, like=x), x])  # x - max <= 0, 0 at a maximum
-    at_max = ctx.emit1("HardSigmoid", [gap], alpha=1e30, beta=1.0)
+    at_max = forms.at_top(ctx, gap)
     masked = ctx.emit1("Mul", [upsample(g), at_max])
     counted = at_max
     if _relu_masks_cotangent(ctx, x):
