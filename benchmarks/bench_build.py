@@ -1,4 +1,4 @@
-"""Gradient-graph build time against model size (issue 9: under 2 s for a 1,000-node model, then cached).
+"""Gradient-graph build time against model size (the target: under 2 s for a 1,000-node model, then cached).
 
 The model is a stack of transformer-style encoder layers exported from torch at opset 17: hand-written
 layer norms (ReduceMean, Sub, Pow, Add, Sqrt, Div, Mul, Add), single-head attention (MatMul, Transpose,

@@ -87,7 +87,7 @@ __all__ = [
     "vanilla_gradient",
 ]
 
-# issue 6: sanity checks and faithfulness metrics
+# sanity checks and faithfulness metrics
 from .faithfulness import PerturbationCurve, deletion_curve, insertion_curve, plot_curves
 from .sanity import (
     MethodComparison,
