@@ -261,6 +261,8 @@ def unroll_recurrent(model: Any, shapes: dict[str, tuple[int, ...]], values: dic
 
     if not any(node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx") for node in model.graph.node):
         return None
+    from .rules.lstm import batched_form_problem
+
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     nodes = []
@@ -276,6 +278,9 @@ def unroll_recurrent(model: Any, shapes: dict[str, tuple[int, ...]], values: dic
                 f"explained output, but {why}. Pass OnnxBackend(..., fallback='finite_differences') to "
                 "differentiate it numerically."
             )
+        if node.op_type == "LSTM" and batched_form_problem(node, values.get, shapes[node.input[0]][0]) is None:
+            nodes.append(node)  # kept fused: its rule steps only the recurrence (rules/lstm.py)
+            continue
         dtype = np.dtype(dtypes.get(node.input[0], np.float32))
         unrolled, initializers = unroll(node, shapes, values, taken, dtype, opset)
         nodes.extend(unrolled)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("elementwise", "conv", "tensor", "losses")
+FAMILIES = ("elementwise", "conv", "tensor", "losses", "lstm")
 
 
 def load() -> None:
