@@ -64,7 +64,12 @@ def batched_form_problem(node: NodeProto, value_of: Callable[[str], np.ndarray |
 
 
 class _Lstm:
-    """One LSTM node: its dimensions, and the primal tensors its VJP and JVP share (emitted on demand)."""
+    """One LSTM node: its dimensions, and the primal tensors its VJP and JVP share.
+
+    Batched tensors are ``(directions, steps, batch, width)`` with each direction's steps in the order it
+    takes them (the reverse direction's reversed), so that step k of every direction is one slice. Their
+    rows are picked from the model's tensors, and put back, by one Gather each.
+    """
 
     def __init__(self, ctx: RuleContext, node: NodeProto) -> None:
         self.ctx, self.node = ctx, node
@@ -78,38 +83,52 @@ class _Lstm:
         direction = _attribute(node, "direction", "forward")
         self.reversed = [False, True] if direction == "bidirectional" else [direction == "reverse"]
         self.directions = len(self.reversed)
+        self.recurrence: dict[int, str] = {}  # R_d, picked once
 
-    # ------------------------------------------------------------------------------- layout helpers
+    # ------------------------------------------------------------------------------------ layout
 
-    def shape(self, *last: int, steps: int | None = None) -> tuple[int, ...]:
-        """(directions, steps, batch, *last): the layout every batched tensor here has."""
-        return (self.directions, self.steps if steps is None else steps, self.batch, *last)
+    def time_of(self, d: int, k: int) -> int:
+        """The time step that direction ``d`` takes ``k``-th (the map is its own inverse)."""
+        return self.steps - 1 - k if self.reversed[d] else k
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """(direction, k) in the row order of the batched tensors."""
+        return [(d, k) for d in range(self.directions) for k in range(self.steps)]
+
+    def rows(self, name: str, index: list[int], available: int) -> str:
+        """Rows ``index`` of ``name`` along its first axis, of ``available`` rows (nothing for all, in order)."""
+        if index == list(range(available)):
+            return name
+        return self.ctx.emit1("Gather", [name, self.ctx.const(np.asarray(index, np.int64))], axis=0)
 
     def reshape(self, name: str, shape: tuple[int, ...]) -> str:
         return self.ctx.emit1("Reshape", [name, self.ctx.const(list(shape))])
 
-    def processing_order(self, name: str, last: int) -> str:
-        """A ``(directions, steps, batch, last)`` tensor with each direction's steps in the order it takes
-        them (the reverse direction's reversed); the same map takes them back."""
-        if not any(self.reversed):
-            return name
-        steps = self.steps
-        if self.directions == 1:
-            return self.ctx.emit1("Gather", [name, self.ctx.const(np.arange(steps)[::-1].copy())], axis=1)
-        index = np.concatenate([d * steps + (np.arange(steps)[::-1] if back else np.arange(steps))
-                                for d, back in enumerate(self.reversed)])
-        flat = self.reshape(name, (self.directions * steps, self.batch, last))
-        picked = self.ctx.emit1("Gather", [flat, self.ctx.const(index)], axis=0)
-        return self.reshape(picked, self.shape(last))
+    def shape(self, *last: int, steps: int | None = None) -> tuple[int, ...]:
+        """(directions, steps, batch, *last): the layout of every batched tensor here."""
+        return (self.directions, self.steps if steps is None else steps, self.batch, *last)
+
+    def step_rows(self, name: str, width: int) -> str:
+        """A time-major ``(steps, batch, width)`` input, once per direction in its order: ``(directions,
+        steps batch, width)``."""
+        index = [self.time_of(d, k) for d, k in self.pairs()]
+        return self.reshape(self.rows(name, index, self.steps),
+                            (self.directions, self.steps * self.batch, width))
+
+    def from_steps(self, name: str, width: int) -> str:
+        """A batched tensor as ONNX's ``(steps, directions, batch, width)`` (the inverse of :meth:`to_steps`)."""
+        index = [d * self.steps + self.time_of(d, t) for t in range(self.steps) for d in range(self.directions)]
+        flat = self.reshape(name, (self.directions * self.steps, self.batch, width))
+        return self.reshape(self.rows(flat, index, len(index)), (self.steps, self.directions, self.batch, width))
 
     def per_step(self, name: str) -> list[str]:
-        """A batched tensor cut along its step axis, by one Split (its adjoint would be one Concat)."""
+        """A batched tensor cut along its step axis, by one Split."""
         if self.steps == 1:
             return [name]
         return emit.split(self.ctx, name, [1] * self.steps, 1)
 
     def step_state(self, name: str) -> str:
-        """An initial state ``(directions, batch, hidden)`` as one step ``(directions, 1, batch, hidden)``."""
+        """A state ``(directions, batch, hidden)`` as one step ``(directions, 1, batch, hidden)``."""
         return self.reshape(name, self.shape(self.hidden, steps=1))
 
     def zeros(self, shape: tuple[int, ...]) -> str:
@@ -118,44 +137,36 @@ class _Lstm:
     def one(self) -> str:
         return emit.scalar(self.ctx, 1.0, self.x)
 
-    def input_projection(self, x: str, w: str) -> str:
-        """x_t W_d^T for every step and direction, in processing order: one MatMul over all of them."""
-        ctx, gates = self.ctx, 4 * self.hidden
-        rows = self.reshape(x, (self.steps * self.batch, self.features))
-        weights = self.reshape(ctx.emit1("Transpose", [w], perm=[2, 0, 1]), (self.features, self.directions * gates))
-        product = self.reshape(ctx.emit1("MatMul", [rows, weights]),
-                               (self.steps, self.batch, self.directions, gates))
-        return self.processing_order(ctx.emit1("Transpose", [product], perm=[2, 0, 1, 3]), gates)
+    def needs(self, name: str) -> bool:
+        return bool(name) and self.ctx.needs_grad(name)
 
-    def recurrent_projection(self, h: str, r: str) -> str:
-        """h_{t-1} R_d^T for every step and direction at once (``h`` in processing order)."""
-        ctx, gates = self.ctx, 4 * self.hidden
-        rows = self.reshape(h, (self.directions, self.steps * self.batch, self.hidden))
-        product = ctx.emit1("MatMul", [rows, ctx.emit1("Transpose", [r], perm=[0, 2, 1])])
-        return self.reshape(product, self.shape(gates))
+    def transposed(self, name: str) -> str:
+        return self.ctx.emit1("Transpose", [name], perm=[0, 2, 1])
 
-    def bias(self, b: str) -> str:
-        """Wb + Rb, shaped to broadcast against the batched pre-activations."""
+    def bias_row(self, b: str) -> str:
+        """Wb + Rb as ``(directions, 1, 4 hidden)``."""
         halves = self.reshape(b, (self.directions, 2, 4 * self.hidden))
-        return self.reshape(emit.reduce_sum(self.ctx, halves, [1], keepdims=0), (self.directions, 1, 1, 4 * self.hidden))
+        return emit.reduce_sum(self.ctx, halves, [1], keepdims=1)
 
-    # ----------------------------------------------------------------------------- the primal pass
+    # --------------------------------------------------------------------------------- primal pass
 
     def primal(self) -> None:
         """Every gate of every step from the model's Y; the cell states stepped; the factors P and M."""
-        ctx, hidden = self.ctx, self.hidden
-        y = ctx.emit1("Transpose", [self.node.output[0]], perm=[1, 0, 2, 3])  # (directions, steps, batch, hidden)
-        hidden_states = self.processing_order(y, hidden)
-        self.h_first = self.step_state(self.h0) if self.h0 else self.zeros(self.shape(hidden, steps=1))
-        if self.steps > 1:
-            earlier = emit.slice_axes(ctx, hidden_states, [1], [0], [self.steps - 1])
-            self.h_previous = ctx.emit1("Concat", [self.h_first, earlier], axis=1)
-        else:
-            self.h_previous = self.h_first
-        z = ctx.emit1("Add", [self.input_projection(self.x, self.w), self.recurrent_projection(self.h_previous, self.r)])
-        if self.b:
-            z = ctx.emit1("Add", [z, self.bias(self.b)])
-        to_sigmoid, to_tanh = emit.split(ctx, z, [3 * hidden, hidden], 3)
+        ctx, hidden, rows = self.ctx, self.hidden, self.steps * self.batch
+        self.x_steps = self.step_rows(self.x, self.features)
+        first = self.h0 or self.zeros((self.directions, self.batch, hidden))
+        ys = self.reshape(self.node.output[0], (self.steps * self.directions, self.batch, hidden))
+        index = [self.steps * self.directions + d if k == 0 else self.time_of(d, k - 1) * self.directions + d
+                 for d, k in self.pairs()]
+        picked = self.rows(ctx.emit1("Concat", [ys, first], axis=0), index, len(index) + self.directions)
+        self.h_steps = self.reshape(picked, (self.directions, rows, hidden))
+        operands = [self.x_steps, self.h_steps]
+        weights = [self.transposed(self.w), self.transposed(self.r)]
+        if self.b:  # the bias as the weight of a column of ones
+            operands.append(ctx.const(np.ones((self.directions, rows, 1), dtype=ctx.dtype(self.x))))
+            weights.append(self.bias_row(self.b))
+        z = ctx.emit1("MatMul", [ctx.emit1("Concat", operands, axis=2), ctx.emit1("Concat", weights, axis=1)])
+        to_sigmoid, to_tanh = emit.split(ctx, self.reshape(z, self.shape(4 * hidden)), [3 * hidden, hidden], 3)
         sigmoids, g = ctx.emit1("Sigmoid", [to_sigmoid]), ctx.emit1("Tanh", [to_tanh])
         i, o, f = emit.split(ctx, sigmoids, [hidden] * 3, 3)
         self.forget = self.per_step(f)
@@ -181,83 +192,86 @@ class _Lstm:
         previous = ctx.emit1("Concat", [first, *cells[:-1]], axis=1) if len(cells) > 1 else first
         return every, previous
 
-    # ---------------------------------------------------------------------------------- reverse mode
+    # --------------------------------------------------------------------------------- reverse mode
 
     def vjp(self, grads: Names) -> Names:
         ctx, hidden = self.ctx, self.hidden
         g_y, g_last_h, g_last_c = emit.padded(grads, 3)[:3]
         self.primal()
-        dy = [None] * self.steps
-        if g_y is not None:
-            dy = self.per_step(self.processing_order(ctx.emit1("Transpose", [g_y], perm=[1, 0, 2, 3]), hidden))
         m, p = self.per_step(self.m), self.per_step(self.p)
-        recurrence = self.reshape(self.r, (self.directions, 1, 4 * hidden, hidden))
+        dy = self.per_step(self.to_steps(g_y, hidden)) if g_y is not None else [None] * self.steps
         want_h0, want_c0 = self.needs(self.h0), self.needs(self.c0)
-        carried_c = self.step_state(g_last_c) if g_last_c is not None else None
-        carried_h = self.step_state(g_last_h) if g_last_h is not None else None
+        from_later = self.step_state(g_last_h) if g_last_h is not None else None  # dz_{k+1} R, or Y_h's
+        carried = self.step_state(g_last_c) if g_last_c is not None else None  # dc_{k+1} f_{k+1}, or Y_c's
         dz = [""] * self.steps
-        for t in reversed(range(self.steps)):
-            terms = [name for name in (dy[t], carried_h) if name is not None]
+        for k in reversed(range(self.steps)):
+            terms = [name for name in (dy[k], from_later) if name is not None]
             dh = emit.total(ctx, terms) if terms else self.zeros(self.shape(hidden, steps=1))
-            dc = ctx.emit1("Mul", [dh, p[t]])
-            if carried_c is not None:
-                dc = ctx.emit1("Add", [carried_c, dc])
-            dz[t] = ctx.emit1("Mul", [ctx.emit1("Concat", [dc, dh, dc, dc], axis=3), m[t]])
-            if t > 0 or want_c0:
-                carried_c = ctx.emit1("Mul", [dc, self.forget[t]])
-            if t > 0 or want_h0:
-                carried_h = ctx.emit1("MatMul", [dz[t], recurrence])
-        dz_all = ctx.emit1("Concat", dz, axis=1) if self.steps > 1 else dz[0]
+            dc = ctx.emit1("Mul", [dh, p[k]])
+            if carried is not None:
+                dc = ctx.emit1("Add", [carried, dc])
+            dz[k] = ctx.emit1("Mul", [ctx.emit1("Concat", [dc, dh, dc, dc], axis=3), m[k]])
+            if k > 0 or want_c0:
+                carried = ctx.emit1("Mul", [dc, self.forget[k]])
+            if k > 0 or want_h0:
+                from_later = self.times_recurrence(dz[k])
+        dz_rows = self.reshape(ctx.emit1("Concat", dz, axis=1) if self.steps > 1 else dz[0],
+                               (self.directions, self.steps * self.batch, 4 * hidden))
         grads_in: Names = [None] * len(self.node.input)
-        for position, grad in ((0, self.input_grad), (1, self.w_grad), (2, self.r_grad), (3, self.b_grad)):
+        for position, grad in ((0, self.x_grad), (1, self.w_grad), (2, self.r_grad), (3, self.b_grad)):
             if position < len(grads_in) and self.needs(self.node.input[position]):
-                grads_in[position] = grad(dz_all)
+                grads_in[position] = grad(dz_rows)
         state_shape = (self.directions, self.batch, hidden)
         if want_h0:
-            grads_in[5] = self.reshape(carried_h, state_shape)  # type: ignore[arg-type]
+            grads_in[5] = self.reshape(from_later, state_shape)  # type: ignore[arg-type]
         if want_c0:
-            grads_in[6] = self.reshape(carried_c, state_shape)  # type: ignore[arg-type]
+            grads_in[6] = self.reshape(carried, state_shape)  # type: ignore[arg-type]
         return grads_in
 
-    def needs(self, name: str) -> bool:
-        return bool(name) and self.ctx.needs_grad(name)
+    def to_steps(self, name: str, width: int) -> str:
+        """A ``(steps, directions, batch, width)`` tensor (ONNX's Y) in the batched layout."""
+        index = [self.time_of(d, k) * self.directions + d for d, k in self.pairs()]
+        flat = self.reshape(name, (self.steps * self.directions, self.batch, width))
+        return self.reshape(self.rows(flat, index, len(index)), self.shape(width))
 
-    def natural_rows(self, dz: str) -> str:
-        """dz in time order as ``(steps batch, directions 4 hidden)`` rows."""
-        gates = 4 * self.hidden
-        ordered = self.ctx.emit1("Transpose", [self.processing_order(dz, gates)], perm=[1, 2, 0, 3])
-        return self.reshape(ordered, (self.steps * self.batch, self.directions * gates))
+    def times_recurrence(self, dz: str) -> str:
+        """dz_k R_d for every direction, by a two-dimensional MatMul each: onnxruntime packs a constant
+        two-dimensional right operand once, where a MatMul batched over the directions repacks it."""
+        ctx = self.ctx
+        parts = emit.split(ctx, dz, [1] * self.directions, 0) if self.directions > 1 else [dz]
+        products = [ctx.emit1("MatMul", [part, self.direction_weights(d)]) for d, part in enumerate(parts)]
+        return ctx.emit1("Concat", products, axis=0) if len(products) > 1 else products[0]
 
-    def input_grad(self, dz: str) -> str:
-        """dx_t = sum over directions of dz_t W_d: one MatMul over every step and both directions."""
-        weights = self.reshape(self.w, (self.directions * 4 * self.hidden, self.features))
-        return self.reshape(self.ctx.emit1("MatMul", [self.natural_rows(dz), weights]),
-                            (self.steps, self.batch, self.features))
+    def direction_weights(self, d: int) -> str:
+        """R_d as a ``(4 hidden, hidden)`` matrix (picked once)."""
+        if d not in self.recurrence:
+            self.recurrence[d] = self.ctx.emit1("Gather", [self.r, self.ctx.const(np.asarray(d, np.int64))], axis=0)
+        return self.recurrence[d]
 
-    def transposed_rows(self, dz: str) -> str:
-        """dz as ``(directions, 4 hidden, steps batch)``, to contract over every step at once."""
-        rows = self.reshape(dz, (self.directions, self.steps * self.batch, 4 * self.hidden))
-        return self.ctx.emit1("Transpose", [rows], perm=[0, 2, 1])
+    def x_grad(self, dz_rows: str) -> str:
+        """dx_t = sum over directions of dz W_d, back in time order: one batched MatMul."""
+        ctx, steps, batch, features = self.ctx, self.steps, self.batch, self.features
+        product = ctx.emit1("MatMul", [dz_rows, self.w])  # (directions, steps batch, features)
+        parts = emit.split(ctx, product, [1] * self.directions, 0) if self.directions > 1 else [product]
+        total = None
+        for d, part in enumerate(parts):
+            part = self.reshape(part, (steps, batch, features))
+            if self.reversed[d]:
+                part = self.rows(part, list(range(steps - 1, -1, -1)), steps)
+            total = part if total is None else ctx.emit1("Add", [total, part])
+        return total  # type: ignore[return-value]
 
-    def w_grad(self, dz: str) -> str:
-        x_rows = self.reshape(self.processing_order(self.stacked_input(), self.features),
-                              (self.directions, self.steps * self.batch, self.features))
-        return self.ctx.emit1("MatMul", [self.transposed_rows(dz), x_rows])
+    def w_grad(self, dz_rows: str) -> str:
+        return self.ctx.emit1("MatMul", [self.transposed(dz_rows), self.x_steps])
 
-    def stacked_input(self) -> str:
-        """x once per direction, ``(directions, steps, batch, features)``."""
-        one = self.reshape(self.x, (1, self.steps, self.batch, self.features))
-        return self.ctx.emit1("Concat", [one] * self.directions, axis=0) if self.directions > 1 else one
+    def r_grad(self, dz_rows: str) -> str:
+        return self.ctx.emit1("MatMul", [self.transposed(dz_rows), self.h_steps])
 
-    def r_grad(self, dz: str) -> str:
-        h_rows = self.reshape(self.h_previous, (self.directions, self.steps * self.batch, self.hidden))
-        return self.ctx.emit1("MatMul", [self.transposed_rows(dz), h_rows])
-
-    def b_grad(self, dz: str) -> str:
-        total = emit.reduce_sum(self.ctx, dz, [1, 2], keepdims=0)  # (directions, 4 hidden)
+    def b_grad(self, dz_rows: str) -> str:
+        total = emit.reduce_sum(self.ctx, dz_rows, [1], keepdims=0)  # (directions, 4 hidden)
         return self.ctx.emit1("Concat", [total, total], axis=1)
 
-    # ---------------------------------------------------------------------------------- forward mode
+    # --------------------------------------------------------------------------------- forward mode
 
     def jvp(self, tangents: Names) -> Names:
         ctx, hidden = self.ctx, self.hidden
@@ -266,46 +280,49 @@ class _Lstm:
         batched, has_steps = self.batched_tangent(tangents)
         per_step = self.per_step(batched) if batched is not None and has_steps else None
         m, p = self.per_step(self.m), self.per_step(self.p)
-        recurrence = self.reshape(self.ctx.emit1("Transpose", [self.r], perm=[0, 2, 1]),
-                                  (self.directions, 1, hidden, 4 * hidden))
+        recurrence = self.reshape(self.transposed(self.r), (self.directions, 1, hidden, 4 * hidden))
         th = self.step_state(tangents[5]) if tangents[5] is not None else None
         tc = self.step_state(tangents[6]) if tangents[6] is not None else None
         outputs: list[str] = []
-        for t in range(self.steps):
-            terms = [per_step[t] if per_step is not None else batched]
+        for k in range(self.steps):
+            terms = [per_step[k] if per_step is not None else batched]
             terms.append(ctx.emit1("MatMul", [th, recurrence]) if th is not None else None)
-            terms = [term for term in terms if term is not None]
-            if terms:
-                a_i, a_o, a_f, a_g = emit.split(ctx, ctx.emit1("Mul", [emit.total(ctx, terms), m[t]]), [hidden] * 4, 3)
-                tc = emit.total(ctx, [a_i, a_f, a_g] + ([ctx.emit1("Mul", [self.forget[t], tc])] if tc else []))
-                th = ctx.emit1("Add", [a_o, ctx.emit1("Mul", [p[t], tc])])
+            present = [term for term in terms if term is not None]
+            if present:
+                tz = ctx.emit1("Mul", [emit.total(ctx, present), m[k]])
+                a_i, a_o, a_f, a_g = emit.split(ctx, tz, [hidden] * 4, 3)
+                tc = emit.total(ctx, [a_i, a_f, a_g] + ([ctx.emit1("Mul", [self.forget[k], tc])] if tc else []))
+                th = ctx.emit1("Add", [a_o, ctx.emit1("Mul", [p[k], tc])])
             elif tc is not None:
-                tc = ctx.emit1("Mul", [self.forget[t], tc])
-                th = ctx.emit1("Mul", [p[t], tc])
+                tc = ctx.emit1("Mul", [self.forget[k], tc])
+                th = ctx.emit1("Mul", [p[k], tc])
             outputs.append(th if th is not None else self.zeros(self.shape(hidden, steps=1)))
         return self.output_tangents(outputs, th, tc)
 
     def batched_tangent(self, tangents: Names) -> tuple[str | None, bool]:
         """(the part of every step's pre-activation tangent that does not go through the recurrence, whether
         it has a step axis: a bias tangent alone broadcasts over the steps)."""
+        ctx = self.ctx
         t_x, t_w, t_r, t_b = tangents[:4]
         terms = []
         if t_x is not None:
-            terms.append(self.input_projection(t_x, self.w))
+            terms.append(ctx.emit1("MatMul", [self.step_rows(t_x, self.features), self.transposed(self.w)]))
         if t_w is not None:
-            terms.append(self.input_projection(self.x, t_w))
+            terms.append(ctx.emit1("MatMul", [self.x_steps, self.transposed(t_w)]))
         if t_r is not None:
-            terms.append(self.recurrent_projection(self.h_previous, t_r))
-        has_steps = bool(terms)
+            terms.append(ctx.emit1("MatMul", [self.h_steps, self.transposed(t_r)]))
+        if terms:
+            terms = [self.reshape(emit.total(ctx, terms), self.shape(4 * self.hidden))]
         if t_b is not None:
-            terms.append(self.bias(t_b))
-        return (emit.total(self.ctx, terms) if terms else None), has_steps
+            terms.append(self.reshape(self.bias_row(t_b), (self.directions, 1, 1, 4 * self.hidden)))
+        has_steps = t_x is not None or t_w is not None or t_r is not None
+        return (emit.total(ctx, terms) if terms else None), has_steps
 
     def output_tangents(self, outputs: list[str], th: str | None, tc: str | None) -> Names:
         ctx, hidden = self.ctx, self.hidden
         state_shape = (self.directions, self.batch, hidden)
         every = ctx.emit1("Concat", outputs, axis=1) if len(outputs) > 1 else outputs[0]
-        result: Names = [ctx.emit1("Transpose", [self.processing_order(every, hidden)], perm=[1, 0, 2, 3])]
+        result: Names = [self.from_steps(every, hidden)]
         result.append(self.reshape(th, state_shape) if th is not None else None)
         result.append(self.reshape(tc, state_shape) if tc is not None else None)
         return [value if i < len(self.node.output) and self.node.output[i] else None
