@@ -108,12 +108,28 @@ class _Lstm:
         """(directions, steps, batch, *last): the layout of every batched tensor here."""
         return (self.directions, self.steps if steps is None else steps, self.batch, *last)
 
-    def step_rows(self, name: str, width: int) -> str:
-        """A time-major ``(steps, batch, width)`` input, once per direction in its order: ``(directions,
-        steps batch, width)``."""
-        index = [self.time_of(d, k) for d, k in self.pairs()]
-        return self.reshape(self.rows(name, index, self.steps),
-                            (self.directions, self.steps * self.batch, width))
+    def in_order(self, name: str, d: int, width: int) -> str:
+        """A time-major ``(steps, batch, width)`` tensor in the order direction ``d`` takes its steps, as
+        ``(steps batch, width)`` rows."""
+        index = [self.time_of(d, k) for k in range(self.steps)]
+        return self.reshape(self.rows(name, index, self.steps), (self.steps * self.batch, width))
+
+    def pick(self, name: str, d: int) -> str:
+        """Direction ``d``'s slice of a weight (a constant, which onnxruntime folds and packs once)."""
+        return self.ctx.emit1("Gather", [name, self.ctx.const(np.asarray(d, np.int64))], axis=0)
+
+    def matrix_t(self, name: str) -> str:
+        return self.ctx.emit1("Transpose", [name], perm=[1, 0])
+
+    def stack(self, parts: list[str], shape: tuple[int, ...]) -> str:
+        """Per-direction tensors of ``shape`` as one ``(directions, *shape)`` tensor."""
+        whole = self.ctx.emit1("Concat", parts, axis=0) if len(parts) > 1 else parts[0]
+        return self.reshape(whole, (self.directions, *shape))
+
+    def unstack(self, name: str, shape: tuple[int, ...]) -> list[str]:
+        """A ``(directions, ...)`` tensor as one tensor of ``shape`` per direction."""
+        parts = emit.split(self.ctx, name, [1] * self.directions, 0) if self.directions > 1 else [name]
+        return [self.reshape(part, shape) for part in parts]
 
     def from_steps(self, name: str, width: int) -> str:
         """A batched tensor as ONNX's ``(steps, directions, batch, width)`` (the inverse of :meth:`to_steps`)."""
@@ -148,25 +164,35 @@ class _Lstm:
         halves = self.reshape(b, (self.directions, 2, 4 * self.hidden))
         return emit.reduce_sum(self.ctx, halves, [1], keepdims=1)
 
+    def bias_of(self, b: str, d: int) -> str:
+        """Wb + Rb of direction ``d`` as a ``(1, 4 hidden)`` row."""
+        return emit.reduce_sum(self.ctx, self.reshape(self.pick(b, d), (2, 4 * self.hidden)), [0], keepdims=1)
+
     # --------------------------------------------------------------------------------- primal pass
 
     def primal(self) -> None:
         """Every gate of every step from the model's Y; the cell states stepped; the factors P and M."""
         ctx, hidden, rows = self.ctx, self.hidden, self.steps * self.batch
-        self.x_steps = self.step_rows(self.x, self.features)
         first = self.h0 or self.zeros((self.directions, self.batch, hidden))
         ys = self.reshape(self.node.output[0], (self.steps * self.directions, self.batch, hidden))
-        index = [self.steps * self.directions + d if k == 0 else self.time_of(d, k - 1) * self.directions + d
-                 for d, k in self.pairs()]
-        picked = self.rows(ctx.emit1("Concat", [ys, first], axis=0), index, len(index) + self.directions)
-        self.h_steps = self.reshape(picked, (self.directions, rows, hidden))
-        operands = [self.x_steps, self.h_steps]
-        weights = [self.transposed(self.w), self.transposed(self.r)]
-        if self.b:  # the bias as the weight of a column of ones
-            operands.append(ctx.const(np.ones((self.directions, rows, 1), dtype=ctx.dtype(self.x))))
-            weights.append(self.bias_row(self.b))
-        z = ctx.emit1("MatMul", [ctx.emit1("Concat", operands, axis=2), ctx.emit1("Concat", weights, axis=1)])
-        to_sigmoid, to_tanh = emit.split(ctx, self.reshape(z, self.shape(4 * hidden)), [3 * hidden, hidden], 3)
+        states = ctx.emit1("Concat", [ys, first], axis=0)  # every h_t, then h_0 of each direction
+        self.x_steps: list[str] = []  # per direction, (steps batch, features) rows in its order
+        self.h_steps: list[str] = []  # per direction, h_{t-1} as (steps batch, hidden) rows in its order
+        z = []
+        for d in range(self.directions):  # two-dimensional products: onnxruntime packs constant weights once
+            index = [self.steps * self.directions + d] + [
+                self.time_of(d, k - 1) * self.directions + d for k in range(1, self.steps)]
+            self.x_steps.append(self.in_order(self.x, d, self.features))
+            picked = self.rows(states, index, (self.steps + 1) * self.directions)
+            self.h_steps.append(self.reshape(picked, (rows, hidden)))
+            operands = [self.x_steps[d], self.h_steps[d]]
+            weights = [self.matrix_t(self.pick(self.w, d)), self.matrix_t(self.pick(self.r, d))]
+            if self.b:  # the bias as the weight of a column of ones
+                operands.append(ctx.const(np.ones((rows, 1), dtype=ctx.dtype(self.x))))
+                weights.append(self.bias_of(self.b, d))
+            z.append(ctx.emit1("MatMul", [ctx.emit1("Concat", operands, axis=1), ctx.emit1("Concat", weights, axis=0)]))
+        z = self.stack(z, (self.steps, self.batch, 4 * hidden))
+        to_sigmoid, to_tanh = emit.split(ctx, z, [3 * hidden, hidden], 3)
         sigmoids, g = ctx.emit1("Sigmoid", [to_sigmoid]), ctx.emit1("Tanh", [to_tanh])
         i, o, f = emit.split(ctx, sigmoids, [hidden] * 3, 3)
         self.forget = self.per_step(f)
@@ -245,27 +271,32 @@ class _Lstm:
     def direction_weights(self, d: int) -> str:
         """R_d as a ``(4 hidden, hidden)`` matrix (picked once)."""
         if d not in self.recurrence:
-            self.recurrence[d] = self.ctx.emit1("Gather", [self.r, self.ctx.const(np.asarray(d, np.int64))], axis=0)
+            self.recurrence[d] = self.pick(self.r, d)
         return self.recurrence[d]
 
     def x_grad(self, dz_rows: str) -> str:
-        """dx_t = sum over directions of dz W_d, back in time order: one batched MatMul."""
+        """dx_t = sum over directions of dz W_d, back in time order: one MatMul per direction."""
         ctx, steps, batch, features = self.ctx, self.steps, self.batch, self.features
-        product = ctx.emit1("MatMul", [dz_rows, self.w])  # (directions, steps batch, features)
-        parts = emit.split(ctx, product, [1] * self.directions, 0) if self.directions > 1 else [product]
         total = None
-        for d, part in enumerate(parts):
-            part = self.reshape(part, (steps, batch, features))
+        for d, dz in enumerate(self.unstack(dz_rows, (steps * batch, 4 * self.hidden))):
+            part = self.reshape(ctx.emit1("MatMul", [dz, self.pick(self.w, d)]), (steps, batch, features))
             if self.reversed[d]:
                 part = self.rows(part, list(range(steps - 1, -1, -1)), steps)
             total = part if total is None else ctx.emit1("Add", [total, part])
         return total  # type: ignore[return-value]
 
     def w_grad(self, dz_rows: str) -> str:
-        return self.ctx.emit1("MatMul", [self.transposed(dz_rows), self.x_steps])
+        return self.weight_grad(dz_rows, self.x_steps, self.features)
 
     def r_grad(self, dz_rows: str) -> str:
-        return self.ctx.emit1("MatMul", [self.transposed(dz_rows), self.h_steps])
+        return self.weight_grad(dz_rows, self.h_steps, self.hidden)
+
+    def weight_grad(self, dz_rows: str, inputs: list[str], width: int) -> str:
+        """dz^T (inputs) of every direction, summed over all steps by one MatMul each."""
+        gates, rows = 4 * self.hidden, self.steps * self.batch
+        parts = [self.ctx.emit1("MatMul", [self.matrix_t(dz), inputs[d]])
+                 for d, dz in enumerate(self.unstack(dz_rows, (rows, gates)))]
+        return self.stack(parts, (gates, width))
 
     def b_grad(self, dz_rows: str) -> str:
         total = emit.reduce_sum(self.ctx, dz_rows, [1], keepdims=0)  # (directions, 4 hidden)
@@ -304,19 +335,22 @@ class _Lstm:
         it has a step axis: a bias tangent alone broadcasts over the steps)."""
         ctx = self.ctx
         t_x, t_w, t_r, t_b = tangents[:4]
-        terms = []
-        if t_x is not None:
-            terms.append(ctx.emit1("MatMul", [self.step_rows(t_x, self.features), self.transposed(self.w)]))
-        if t_w is not None:
-            terms.append(ctx.emit1("MatMul", [self.x_steps, self.transposed(t_w)]))
-        if t_r is not None:
-            terms.append(ctx.emit1("MatMul", [self.h_steps, self.transposed(t_r)]))
-        if terms:
-            terms = [self.reshape(emit.total(ctx, terms), self.shape(4 * self.hidden))]
+        per_direction = []
+        for d in range(self.directions):
+            terms = []
+            if t_x is not None:
+                terms.append(ctx.emit1("MatMul", [self.in_order(t_x, d, self.features),
+                                                  self.matrix_t(self.pick(self.w, d))]))
+            if t_w is not None:
+                terms.append(ctx.emit1("MatMul", [self.x_steps[d], self.matrix_t(self.pick(t_w, d))]))
+            if t_r is not None:
+                terms.append(ctx.emit1("MatMul", [self.h_steps[d], self.matrix_t(self.pick(t_r, d))]))
+            if terms:
+                per_direction.append(emit.total(ctx, terms))
+        terms = [self.stack(per_direction, (self.steps, self.batch, 4 * self.hidden))] if per_direction else []
         if t_b is not None:
             terms.append(self.reshape(self.bias_row(t_b), (self.directions, 1, 1, 4 * self.hidden)))
-        has_steps = t_x is not None or t_w is not None or t_r is not None
-        return (emit.total(ctx, terms) if terms else None), has_steps
+        return (emit.total(ctx, terms) if terms else None), bool(per_direction)
 
     def output_tangents(self, outputs: list[str], th: str | None, tc: str | None) -> Names:
         ctx, hidden = self.ctx, self.hidden
