@@ -13,6 +13,8 @@ it with respect to the input, the initial states and the weights. Both direction
 constant ``sequence_lens`` (a step past a sequence's end keeps its states and outputs 0) are covered. Other
 activations, ``clip``, ``input_forget`` and ``layout=1`` are refused where the node is on the path.
 The forward pass the caller sees (``OnnxBackend.forward``) still runs onnxruntime's own LSTM kernel.
+An LSTM of the common form (default activations, no peepholes, every sequence running to the end) is not
+unrolled: it stays fused, and its own rule (``rules/lstm.py``) batches all but the recurrence over time.
 """
 
 from __future__ import annotations
