@@ -172,27 +172,8 @@ class _Lstm:
 
     def primal(self) -> None:
         """Every gate of every step from the model's Y; the cell states stepped; the factors P and M."""
-        ctx, hidden, rows = self.ctx, self.hidden, self.steps * self.batch
-        first = self.h0 or self.zeros((self.directions, self.batch, hidden))
-        ys = self.reshape(self.node.output[0], (self.steps * self.directions, self.batch, hidden))
-        states = ctx.emit1("Concat", [ys, first], axis=0)  # every h_t, then h_0 of each direction
-        self.x_steps: list[str] = []  # per direction, (steps batch, features) rows in its order
-        self.h_steps: list[str] = []  # per direction, h_{t-1} as (steps batch, hidden) rows in its order
-        z = []
-        for d in range(self.directions):  # two-dimensional products: onnxruntime packs constant weights once
-            index = [self.steps * self.directions + d] + [
-                self.time_of(d, k - 1) * self.directions + d for k in range(1, self.steps)]
-            self.x_steps.append(self.in_order(self.x, d, self.features))
-            picked = self.rows(states, index, (self.steps + 1) * self.directions)
-            self.h_steps.append(self.reshape(picked, (rows, hidden)))
-            operands = [self.x_steps[d], self.h_steps[d]]
-            weights = [self.matrix_t(self.pick(self.w, d)), self.matrix_t(self.pick(self.r, d))]
-            if self.b:  # the bias as the weight of a column of ones
-                operands.append(ctx.const(np.ones((rows, 1), dtype=ctx.dtype(self.x))))
-                weights.append(self.bias_of(self.b, d))
-            z.append(ctx.emit1("MatMul", [ctx.emit1("Concat", operands, axis=1), ctx.emit1("Concat", weights, axis=0)]))
-        z = self.stack(z, (self.steps, self.batch, 4 * hidden))
-        to_sigmoid, to_tanh = emit.split(ctx, z, [3 * hidden, hidden], 3)
+        ctx, hidden = self.ctx, self.hidden
+        to_sigmoid, to_tanh = emit.split(ctx, self.pre_activations(), [3 * hidden, hidden], 3)
         sigmoids, g = ctx.emit1("Sigmoid", [to_sigmoid]), ctx.emit1("Tanh", [to_tanh])
         i, o, f = emit.split(ctx, sigmoids, [hidden] * 3, 3)
         self.forget = self.per_step(f)
@@ -204,6 +185,30 @@ class _Lstm:
         by = ctx.emit1("Concat", [g, tanh_c, c_previous], axis=3)
         m_g = ctx.emit1("Mul", [i, ctx.emit1("Sub", [one, ctx.emit1("Mul", [g, g])])])
         self.m = ctx.emit1("Concat", [ctx.emit1("Mul", [slopes, by]), m_g], axis=3)
+
+    def pre_activations(self) -> str:
+        """z_t of every step and direction, batched: ``[x_t | h_{t-1} | 1] [W | R | Wb + Rb]^T``, one
+        two-dimensional MatMul per direction (onnxruntime packs its constant right operand once)."""
+        ctx, hidden, rows = self.ctx, self.hidden, self.steps * self.batch
+        first = self.h0 or self.zeros((self.directions, self.batch, hidden))
+        ys = self.reshape(self.node.output[0], (self.steps * self.directions, self.batch, hidden))
+        states = ctx.emit1("Concat", [ys, first], axis=0)  # every h_t, then h_0 of each direction
+        self.x_steps: list[str] = []  # per direction, (steps batch, features) rows in its order
+        self.h_steps: list[str] = []  # per direction, h_{t-1} as (steps batch, hidden) rows in its order
+        z = []
+        for d in range(self.directions):
+            index = [self.steps * self.directions + d] + [
+                self.time_of(d, k - 1) * self.directions + d for k in range(1, self.steps)]
+            self.x_steps.append(self.in_order(self.x, d, self.features))
+            picked = self.rows(states, index, (self.steps + 1) * self.directions)
+            self.h_steps.append(self.reshape(picked, (rows, hidden)))
+            operands = [self.x_steps[d], self.h_steps[d]]
+            weights = [self.matrix_t(self.pick(self.w, d)), self.matrix_t(self.pick(self.r, d))]
+            if self.b:  # the bias as the weight of a column of ones
+                operands.append(ctx.const(np.ones((rows, 1), dtype=ctx.dtype(self.x))))
+                weights.append(self.bias_of(self.b, d))
+            z.append(ctx.emit1("MatMul", [ctx.emit1("Concat", operands, axis=1), ctx.emit1("Concat", weights, axis=0)]))
+        return self.stack(z, (self.steps, self.batch, 4 * hidden))
 
     def cell_states(self, input_times_candidate: str) -> tuple[str, str]:
         """(c_t of every step, c_{t-1} of every step): c_t = f_t c_{t-1} + i_t g_t, two nodes a step."""
