@@ -1,16 +1,20 @@
 """Time the ways gradsal can express a Conv's input gradient (and a MaxPool's) in onnxruntime.
 
 For each layer of the table in /work/shared/measurements/README.md (batch 4) it builds the one-Conv model,
-asks gradsal's rules (``backends/onnx/_conv.py``) for the VJP graph under each strategy, keeps only the
-gradient part (input: the cotangent, output: the input gradient) and times it against the forward Conv,
-with the same session options (ORT_ENABLE_ALL, ``--threads`` intra-op threads). Every variant is checked
-against the ConvTranspose one before it is timed. Strategies:
+asks gradsal's rules for the VJP graph under each strategy (``with correlation.forced(conv=...)``, see
+``backends/onnx/rules/correlation.py``), keeps only the gradient part (input: the cotangent, output: the
+input gradient) and times it against the forward Conv, with the same session options (ORT_ENABLE_ALL,
+``--threads`` intra-op threads). Every variant is checked against the ConvTranspose one before it is
+timed, and the strategy gradsal chooses for the layer is marked with a star. Strategies:
 
-- ``phase``: stride 1 -> one Conv with the kernel flipped and channels swapped per group; stride s ->
-  one stride-1 Conv with C*s^n output channels (all phases) and a Transpose that interleaves them;
-- ``spread``: zeros inserted between cotangent entries (a one-channel one-hot ConvTranspose over N*C
-  images), then the stride-1 flipped-kernel Conv;
+- ``conv``: one stride-1 Conv with the kernel flipped and channels swapped per group; a strided layer
+  first gets zeros inserted between cotangent entries (a one-channel one-hot ConvTranspose over N*C
+  images);
 - ``convtranspose``: ConvTranspose with the layer's weight.
+
+(A third variant, splitting a strided layer's input positions into stride phases, one Conv over all
+phases and a Transpose interleaving them, lost on every layer to onnxruntime's slow fine-grained Transpose
+and was dropped; BENCHMARKS.md has its numbers.)
 
 Then the MaxPool adjoint (gradsal's: MaxPool with Indices, then MaxUnpool for disjoint float32 windows or
 one ScatterElements, ``reduction="add"`` when windows overlap at opset 16+, per-phase scatters before),
@@ -44,7 +48,7 @@ LAYERS = [
     ("grouped 3x3 s2 g=8, 64->64, 56", 64, 64, 3, 2, 56, 8),
     ("depthwise 5x5 s2, C=96, 56", 96, 96, 5, 2, 56, 96),
 ]
-STRATEGIES = ("phase", "spread", "convtranspose")
+STRATEGIES = ("conv", "convtranspose")
 
 
 def quartile_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -109,46 +113,39 @@ def gradient_only(model, x_shape):
 def measure_convs(threads: int, repeats: int) -> None:
     from onnx import helper
 
-    from gradsal.backends.onnx.rules import conv as _conv
+    from gradsal.backends.onnx.rules import correlation
+    from gradsal.backends.onnx.rules.windows import Axis
 
     rng = np.random.default_rng(0)
     print(f"Conv input gradient, batch {BATCH}, {threads} thread(s), 25th percentile of {repeats} runs "
-          "(ms; ratio to the forward Conv)")
-    print(f"{'layer':34s} {'forward':>8s} " + " ".join(f"{s:>20s}" for s in STRATEGIES))
-    saved = dict(_conv.CONV_GRAD_STRATEGY)
-    try:
-        for label, cin, cout, k, s, size, groups in LAYERS:
-            x = rng.standard_normal((BATCH, cin, size, size)).astype(np.float32)
-            w = rng.standard_normal((cout, cin // groups, k, k)).astype(np.float32)
-            node = helper.make_node("Conv", ["x", "W"], ["y"], kernel_shape=[k, k], strides=[s, s],
-                                    pads=[k // 2] * 4, group=groups)
-            model = one_node_model(node, x, {"W": w})
-            forward = session(model, threads)
-            y = forward.run(None, {"x": x})[0]
-            g = rng.standard_normal(y.shape).astype(np.float32)
-            t_forward = quartile_ms(lambda: forward.run(None, {"x": x}), repeats)  # noqa: B023
-            cells, reference = [], None
-            for strategy in ("convtranspose", *[t for t in STRATEGIES if t != "convtranspose"]):
-                if s == 1 and strategy == "spread":
-                    cells.append((strategy, "-"))
-                    continue
-                for kind in _conv.CONV_GRAD_STRATEGY:
-                    _conv.CONV_GRAD_STRATEGY[kind] = strategy
+          "(ms; ratio to the forward Conv; * gradsal's choice)")
+    print(f"{'layer':34s} {'forward':>8s} " + " ".join(f"{s:>21s}" for s in STRATEGIES))
+    for label, cin, cout, k, s, size, groups in LAYERS:
+        x = rng.standard_normal((BATCH, cin, size, size)).astype(np.float32)
+        w = rng.standard_normal((cout, cin // groups, k, k)).astype(np.float32)
+        node = helper.make_node("Conv", ["x", "W"], ["y"], kernel_shape=[k, k], strides=[s, s],
+                                pads=[k // 2] * 4, group=groups)
+        model = one_node_model(node, x, {"W": w})
+        forward = session(model, threads)
+        y = forward.run(None, {"x": x})[0]
+        g = rng.standard_normal(y.shape).astype(np.float32)
+        t_forward = quartile_ms(lambda: forward.run(None, {"x": x}), repeats)  # noqa: B023
+        axes = [Axis(size, y.shape[2], k, s, 1, k // 2)] * 2
+        chosen = correlation.conv_input_strategy(axes, groups, cin, groups > 1 and cin == groups)
+        cells, reference = {}, None
+        for strategy in ("convtranspose", "conv"):
+            with correlation.forced(conv=strategy):
                 grad_model, names = gradient_only(model, x.shape)
-                sess = session(grad_model, threads)
-                feeds = {name: g for name in names}
-                gx = sess.run(None, feeds)[0]
-                if reference is None:
-                    reference = gx
-                error = float(np.abs(gx - reference).max() / np.abs(reference).max())
-                assert error < 1e-4, (label, strategy, error)
-                t = quartile_ms(lambda: sess.run(None, feeds), repeats)  # noqa: B023
-                cells.append((strategy, f"{t:7.2f} ({t / t_forward:4.2f}x)"))
-            by_name = dict(cells)
-            print(f"{label:34s} {t_forward:8.2f} " + " ".join(f"{by_name[s]:>20s}" for s in STRATEGIES))
-    finally:
-        _conv.CONV_GRAD_STRATEGY.clear()
-        _conv.CONV_GRAD_STRATEGY.update(saved)
+            sess = session(grad_model, threads)
+            feeds = {name: g for name in names}
+            gx = sess.run(None, feeds)[0]
+            if reference is None:
+                reference = gx
+            error = float(np.abs(gx - reference).max() / np.abs(reference).max())
+            assert error < 1e-4, (label, strategy, error)
+            t = quartile_ms(lambda: sess.run(None, feeds), repeats)  # noqa: B023
+            cells[strategy] = f"{t:7.2f} ({t / t_forward:4.2f}x){'*' if strategy == chosen else ' '}"
+        print(f"{label:34s} {t_forward:8.2f} " + " ".join(f"{cells[s]:>21s}" for s in STRATEGIES))
 
 
 def maxpool_mask_graph(x_shape, y_shape, k: int):
@@ -220,26 +217,22 @@ def measure_maxpool(threads: int, repeats: int) -> None:
 def measure_average_pool_and_resize(threads: int, repeats: int) -> None:
     from onnx import helper
 
-    from gradsal.backends.onnx.rules import conv as _conv
+    from gradsal.backends.onnx.rules import correlation
 
     rng = np.random.default_rng(2)
     print(f"\nAveragePool (window-sum adjoint strategies) / Resize input gradient, batch {BATCH} "
           "(ms; ratio to the forward)")
     pools = [("avgpool 2x2 s2, C=64, 56", 64, 56, 2, 2, 0), ("avgpool 3x3 s1 p1, C=64, 56", 64, 56, 3, 1, 1),
              ("avgpool 3x3 s2 p1, C=64, 56", 64, 56, 3, 2, 1)]
-    saved = dict(_conv.POOL_GRAD_STRATEGY)
-    try:
-        for label, channels, size, k, s, p in pools:
-            x = rng.standard_normal((BATCH, channels, size, size)).astype(np.float32)
-            node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)
-            row = []
-            for strategy in ("transpose", "conv"):
-                _conv.POOL_GRAD_STRATEGY.update(dict.fromkeys(saved, strategy))
+    for label, channels, size, k, s, p in pools:
+        x = rng.standard_normal((BATCH, channels, size, size)).astype(np.float32)
+        node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)
+        row = []
+        for strategy in ("transpose", "conv"):
+            with correlation.forced(window_sum=strategy):
                 t_forward, t = time_gradient(one_node_model(node, x, {}), x, threads, repeats, rng)
-                row.append(f"{strategy}: {t:6.2f} ({t / t_forward:4.2f}x)")
-            print(f"{label:36s} forward {t_forward:6.2f} | " + " | ".join(row))
-    finally:
-        _conv.POOL_GRAD_STRATEGY.update(saved)
+            row.append(f"{strategy}: {t:6.2f} ({t / t_forward:4.2f}x)")
+        print(f"{label:36s} forward {t_forward:6.2f} | " + " | ".join(row))
     resizes = [("nearest x2, C=64, 28 -> 56", "nearest", 64, 28), ("linear x2, C=64, 28 -> 56", "linear", 64, 28),
                ("linear x2, C=16, 112 -> 224", "linear", 16, 112)]
     for label, mode, channels, size in resizes:

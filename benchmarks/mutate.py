@@ -143,9 +143,9 @@ MUTANTS: list[dict] = [
             "tensor = 1.01 * tensor.contiguous(memory_format=self._torch.channels_last)", FAST_PATH,
             "channels-last inputs scaled by 1.01"),
     # ------------------------------------------------------------------ core methods and checks
-    _mutant("ssim-original-against-itself", "core/sanity.py",
-            "_ssim_batch(normal_original, normal_new, window, 11, 1.5, 1.0)",
-            "_ssim_batch(normal_original, normal_original, window, 11, 1.5, 1.0)",
+    _mutant("ssim-original-against-itself", "core/randomization.py",
+            "ssim_per_sample(normal_original, normal_new, window, 11, 1.5, 1.0)",
+            "ssim_per_sample(normal_original, normal_original, window, 11, 1.5, 1.0)",
             ["tests/core_sanity/test_sanity_randomization_ssim.py", "tests/core_sanity/test_sanity_checks.py"],
             "the randomisation test's SSIM of the original map with itself"),
     _mutant("gausslegendre-uniform-weights", "core/attribution.py",

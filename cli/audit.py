@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError
+from ..core.methods import cli_names
 from . import messages
 
 RESULTS = "results.jsonl"
@@ -36,8 +37,7 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-column", help="the groups table's column holding each image's group")
     parser.add_argument("--image-column", default="image", help="the groups table's column of image file names "
                         "(default: image)")
-    parser.add_argument("--method", choices=["vanilla", "gradxinput", "smoothgrad", "ig", "guided", "gradcam"],
-                        default="vanilla")
+    parser.add_argument("--method", choices=cli_names(), default="vanilla")
     parser.add_argument("--sign", choices=["abs", "positive"], default="abs",
                         help="which attributions count as saliency: their size (abs, default) or positive ones")
     parser.add_argument("--target", default="top1", help="top1 (default), a class INDEX, or a NAME from --labels")

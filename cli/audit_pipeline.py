@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import core
 from ..core.errors import GradsalError, InputError, MissingDependencyError
+from ..core.methods import by_cli_name
 from . import preprocess
 from .commands import attribution_function, method_target, resolve_targets, with_preprocessing
 from .images import DEFAULT_MAX_PIXELS
@@ -150,7 +151,7 @@ class Auditor:
 
     def _map(self, attributions: np.ndarray, placement: Placement) -> np.ndarray:
         """The map on the image's own pixels: what a crop cut away is 0, a letterbox's padding is dropped."""
-        if self.settings.method == "gradcam":
+        if by_cli_name(self.settings.method).returns_map:
             maps = np.asarray(attributions, dtype=np.float64)
         else:
             maps = core.to_saliency_map(attributions, sign=self.settings.sign, normalize=None).astype(np.float64)

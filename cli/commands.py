@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import core
 from ..core.errors import InputError, ModelError, TargetError
+from ..core.methods import by_cli_name
 from . import messages, preprocess
 from .inputs import (
     DEFAULT_MAX_PIXELS,
@@ -28,30 +29,26 @@ from .inputs import (
 from .layout import ChannelsLast
 from .messages import note
 
-METHODS = ("vanilla", "gradxinput", "smoothgrad", "ig", "guided", "gradcam")
-
 
 def attribution_function(args: argparse.Namespace) -> Callable[[Any, np.ndarray, Any, int], np.ndarray]:
     """The chosen method with the command line's settings bound, called as ``f(model, x, targets, first)``.
 
-    ``first`` is the index of ``x``'s first input among all inputs: SmoothGrad seeds its noise with
-    ``--seed + first``, so every chunk of inputs draws its own noise, reproducibly.
+    The method's row in :data:`gradsal.core.methods.METHODS` names the core function and which of the
+    flags it takes. ``first`` is the index of ``x``'s first input among all inputs: SmoothGrad seeds its
+    noise with ``--seed + first``, so every chunk of inputs draws its own noise, reproducibly.
     """
-    batch = {"batch_size": args.batch_size}
-    methods: dict[str, Callable[[Any, np.ndarray, Any, int], np.ndarray]] = {
-        "vanilla": lambda m, x, t, first: core.vanilla_gradient(m, x, t, **batch),
-        "gradxinput": lambda m, x, t, first: core.gradient_x_input(m, x, t, **batch),
-        "smoothgrad": lambda m, x, t, first: core.smoothgrad(
-            m, x, t, n_samples=args.samples, noise_level=args.noise, seed=args.seed + first, **batch
-        ),
-        "ig": lambda m, x, t, first: core.integrated_gradients(m, x, t, n_steps=args.steps, **batch),
-        "guided": lambda m, x, t, first: core.guided_backprop(m, x, t),
-        "gradcam": lambda m, x, t, first: core.grad_cam(m, x, t, layer=args.layer),
-    }
-    if args.method == "gradcam" and not args.layer:
-        raise InputError("--method gradcam needs --layer NAME (a Conv output tensor or a module name; see "
+    method = by_cli_name(args.method)
+    if method.needs_layer and not args.layer:
+        raise InputError(f"--method {args.method} needs --layer NAME (a Conv output tensor or a module name; see "
                          "gradsal inspect MODEL) or --layer auto")
-    return methods[args.method]
+    function = getattr(core, method.function)
+
+    def explain(model: Any, x: np.ndarray, targets: Any, first: int) -> np.ndarray:
+        flags = {"batch_size": args.batch_size, "n_samples": args.samples, "noise_level": args.noise,
+                 "seed": args.seed + first, "n_steps": args.steps, "layer": args.layer}
+        return function(model, x, targets, **{name: flags[name] for name in method.cli_options})
+
+    return explain
 
 
 def resolve_targets(target: str, outputs: np.ndarray, labels: list[str] | None) -> np.ndarray:
@@ -181,7 +178,7 @@ def _check_static_batch(args: argparse.Namespace, model: LoadedModel, n_inputs: 
     fixed = model.static_batch
     if fixed is None or args.batch_size == fixed:
         return
-    rows = n_inputs if args.method in ("vanilla", "gradxinput", "guided", "gradcam") else fixed + 1
+    rows = fixed + 1 if by_cli_name(args.method).many_rows_per_input else n_inputs
     if rows > fixed:
         raise InputError(
             f"{model.path.name} was exported with a fixed batch of {fixed} (torch.export without dynamic_shapes), "
@@ -191,7 +188,7 @@ def _check_static_batch(args: argparse.Namespace, model: LoadedModel, n_inputs: 
 
 
 def _resolve_layer(args: argparse.Namespace, model: LoadedModel, x: np.ndarray) -> None:
-    if args.method != "gradcam" or args.layer != "auto":
+    if not by_cli_name(args.method).needs_layer or args.layer != "auto":
         return
     from .inspect import auto_layer
 
@@ -245,7 +242,7 @@ def _batches(samples: list[Sample], size: int) -> list[tuple[int, list[Sample]]]
 
 def _write_results(args, out, batch, outputs, targets, attributions, labels) -> list[dict[str, Any]]:
     flat = outputs.reshape(len(outputs), -1)
-    maps = attributions if args.method == "gradcam" else core.to_saliency_map(attributions)
+    maps = attributions if by_cli_name(args.method).returns_map else core.to_saliency_map(attributions)
     rows = []
     for i, sample in enumerate(batch):
         predicted = int(flat[i].argmax())

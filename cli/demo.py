@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import core
 from ..core.errors import InputError, MissingDependencyError
+from ..core.methods import by_cli_name
 from ..reference_models import zoo
 
 INSTALL_ALL = "pip install 'gradsal[all]'"
@@ -37,11 +38,14 @@ _BACKGROUND_RGB = (255, 255, 255)
 class _Method:
     """One attribution method as the demo runs and draws it."""
 
-    key: str  # names the method's maps inside the demo
-    title: str
+    key: str  # its command-line name, which names its maps inside the demo
     explanation: str
     run: Callable[[Any, np.ndarray, np.ndarray, str], np.ndarray]  # (backend, x, targets, layer) -> maps
     cmap: str = "jet"
+
+    @property
+    def title(self) -> str:
+        return by_cli_name(self.key).title
 
 
 def _abs_map(attributions: np.ndarray) -> np.ndarray:
@@ -50,19 +54,19 @@ def _abs_map(attributions: np.ndarray) -> np.ndarray:
 
 _METHODS = (
     _Method(
-        "vanilla", "Vanilla gradient",
+        "vanilla",
         "|d score / d pixel|: the pixels whose change would move the target's score the most.",
         lambda b, x, t, layer: _abs_map(core.vanilla_gradient(b, x, t)),
     ),
     _Method(
-        "smoothgrad", "SmoothGrad",
+        "smoothgrad",
         f"The gradient averaged over {SMOOTHGRAD_SAMPLES} noisy copies of the input "
         f"(noise {SMOOTHGRAD_NOISE:.0%} of its range): the plain gradient's speckle partly averages out.",
         lambda b, x, t, layer: _abs_map(core.smoothgrad(b, x, t, n_samples=SMOOTHGRAD_SAMPLES,
                                                         noise_level=SMOOTHGRAD_NOISE, seed=0)),
     ),
     _Method(
-        "ig", "Integrated gradients",
+        "ig",
         f"Each pixel's share of score(input) - score(black image), {IG_STEPS} steps: red pixels raise the "
         "score, blue ones lower it, white ones do not matter (colours saturate at the 99th percentile).",
         lambda b, x, t, layer: core.to_saliency_map(
@@ -70,13 +74,13 @@ _METHODS = (
         cmap="bwr",
     ),
     _Method(
-        "guided", "Guided backprop",
+        "guided",
         "The gradient, except that every ReLU also blocks negative gradients on the way back; known to "
         "change little with the target class.",
         lambda b, x, t, layer: _abs_map(core.guided_backprop(b, x, t)),
     ),
     _Method(
-        "gradcam", "Grad-CAM",
+        "gradcam",
         "Where the last convolutional block (8x8 feature maps, upsampled) finds evidence for the target: "
         "coarse, but class-specific.",
         lambda b, x, t, layer: core.to_saliency_map(core.grad_cam(b, x, t, layer=layer), reduce=None),

@@ -24,18 +24,14 @@ import numpy as np
 from .. import core
 from ..core._validate import call_backend
 from ..core.errors import GradsalError, InputError
+from ..core.methods import METHODS as METHOD_TABLE
+from ..core.methods import by_cli_name
 from .commands import _preprocess, check_outputs, open_model, resolve_targets
 from .inputs import LoadedModel, expand_inputs
 
-# command-line name -> gradsal.core method name
-METHODS = {
-    "vanilla": "vanilla_gradient",
-    "gradxinput": "gradient_x_input",
-    "smoothgrad": "smoothgrad",
-    "ig": "integrated_gradients",
-    "guided": "guided_backprop",
-}
-SEEDED = ("smoothgrad", "ig")
+# command-line name -> gradsal.core method name, for the methods that need no layer
+METHODS = {method.cli_name: method.function for method in METHOD_TABLE
+           if method.cli_name is not None and not method.needs_layer}
 ONNX_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 PLOT_NAME = "curves.png"
 TABLE_NAME = "evaluation.json"
@@ -69,7 +65,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         layers, layer_note = randomization_layers(model)
     if layers:
         layers, layer_note = _probe_randomization(model.backend, x, layers, args.seed)
-    method_kwargs = {label: {"seed": args.seed} for label in methods if label in SEEDED}
+    method_kwargs = {label: {"seed": args.seed} for label in methods if by_cli_name(label).seeded}
     _warm_up(model.backend, x, targets, methods, method_kwargs)
     comparison = core.compare_methods(
         model.backend, x, targets, methods=methods, method_kwargs=method_kwargs, step=args.step,

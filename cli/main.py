@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from ..core import __version__
 from ..core.errors import GradsalError
+from ..core.methods import cli_names
 from . import messages
 from .audit import add_audit_arguments
 from .images import DEFAULT_MAX_PIXELS
@@ -96,8 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="write a saliency overlay for each input")
     _add_model_arguments(explain, inputs_required=True)
-    explain.add_argument("--method", choices=["vanilla", "gradxinput", "smoothgrad", "ig", "guided", "gradcam"],
-                         default="vanilla")
+    explain.add_argument("--method", choices=cli_names(), default="vanilla")
     explain.add_argument("--target", default="top1", help="top1 (default), a class INDEX, or a NAME from --labels")
     explain.add_argument("--labels", help="class names: a text file (one per line) or a JSON list")
     explain.add_argument("--layer", help="Grad-CAM layer: ONNX tensor name, torch module name, or auto (the last "
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="compare methods: deletion/insertion AUC and time per method")
     _add_model_arguments(evaluate, inputs_required=True)
     evaluate.add_argument("--methods", nargs="+", default=["vanilla", "smoothgrad", "ig"],
-                          choices=["vanilla", "gradxinput", "smoothgrad", "ig", "guided"])
+                          choices=cli_names(lambda method: not method.needs_layer))
     evaluate.add_argument("--step", type=float, default=0.05,
                           help="share of pixels removed/revealed per curve step (default 0.05)")
     evaluate.add_argument("--score", choices=["explained", "probability"], default="explained",

@@ -20,11 +20,14 @@ import numpy as np
 
 from .. import core
 from ..core.errors import InputError, MissingDependencyError, TargetError
+from ..core.methods import cli_names
 from ..core.tokens import token_scores
 from . import text_render
 
 DEMO = "demo"
-METHODS = ("ig", "vanilla", "gradxinput", "smoothgrad")
+DEFAULT_METHOD = "ig"
+# the methods that need only gradients at the embedding, the default first as the help lists them
+METHODS = (DEFAULT_METHOD, *(name for name in cli_names(lambda method: method.for_text) if name != DEFAULT_METHOD))
 TERMINAL_TOKENS = 400  # a longer input shows its first tokens in the terminal (all of them in HTML/JSON)
 
 
@@ -48,7 +51,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--similar-to", metavar="TEXT",
                    help="explain the output's similarity to TEXT's output (its dot product with TEXT's output, "
                         "normalised): for sentence encoders")
-    p.add_argument("--method", choices=METHODS, default="ig", help="ig (default), vanilla, gradxinput, smoothgrad")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help=f"{DEFAULT_METHOD} (default), {', '.join(METHODS[1:])}")
     p.add_argument("--baseline", default="pad", help="ig: pad (default: the pad token's embedding), zeros, or an id")
     p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps (default 32)")
     p.add_argument("--samples", type=int, default=32, help="SmoothGrad samples (default 32)")

@@ -1,53 +1,66 @@
-"""``If`` nodes whose condition is known when the gradient graph is built are replaced by their taken branch.
+"""Control flow known when the gradient graph is built, written out: If branches inlined, Loop and Scan unrolled.
 
 Shapes are concrete in a gradient graph, and so is every tensor that does not depend on the input's
 values (see ``_graph``): an ``If`` on such a condition (silero-vad's sample rate, a training flag, a shape
 test) computes exactly its taken branch at every input the graph is valid for. Inlining that branch
 (its local tensors renamed apart, its outputs bound to the If's outputs by Identity) makes its nodes
 ordinary nodes of the graph, differentiated by their own rules: the VJP of the If is the VJP of the branch
-it takes. An If whose condition depends on the input's values is left alone (it has no rule: a typed
-refusal names it).
+it takes. A Loop of known trip count and a Scan over a known length are unrolled the same way, one copy of
+the body per iteration with the carried values threaded through and the per-iteration outputs stacked. An
+If whose condition (or a Loop whose trip count) depends on the input's values is left alone (it has no
+rule: a typed refusal names it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from . import _graph_edit as edit
+from . import _model_io as io
+from .rules.emit import optional_input
 
 
 def inline_known_ifs(model: Any, values: dict[str, np.ndarray], taken: set[str]) -> Any | None:
     """A copy of ``model`` with every top-level If whose condition is in ``values`` replaced by its taken
     branch, or None when there is none. ``taken``: names in use (new names avoid them; updated)."""
-    import onnx
-
-    graph = model.graph
-    known = [i for i, node in enumerate(graph.node) if node.op_type == "If" and node.domain in ("", "ai.onnx")
-             and node.input[0] in values]
-    if not known:
-        return None
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    nodes: list[Any] = []
-    for index, node in enumerate(graph.node):
-        if index not in known:
-            nodes.append(node)
-            continue
-        condition = bool(np.asarray(values[node.input[0]]).reshape(-1)[0])
-        branch = next(a.g for a in node.attribute if a.name == ("then_branch" if condition else "else_branch"))
-        nodes.extend(_inlined(branch, list(node.output), f"{node.name or 'if'}_{index}", taken, copy.graph))
-    del copy.graph.node[:]
-    copy.graph.node.extend(nodes)
-    return copy
+    return _expanded(model, lambda node: node.op_type == "If" and edit.is_standard(node) and node.input[0] in values,
+                     lambda node, index, graph: _inlined(node, values, f"{node.name or 'if'}_{index}", taken, graph))
 
 
-def _inlined(branch: Any, outputs: list[str], prefix: str, taken: set[str], graph: Any) -> list[Any]:
-    """The branch's nodes with its local tensors renamed, then an Identity per branch output."""
+def _inlined(node: Any, values: dict[str, np.ndarray], prefix: str, taken: set[str], graph: Any) -> list[Any]:
+    """The taken branch's nodes with its local tensors renamed, then an Identity per If output."""
+    condition = bool(np.asarray(values[node.input[0]]).reshape(-1)[0])
+    branch = io.node_attribute(node, "then_branch" if condition else "else_branch")
+    nodes, results = _body_copy(branch, {}, prefix, taken, graph)
+    return nodes + _identities(node.output, results, prefix, taken)
+
+
+def _identities(outputs: Sequence[str], values: Sequence[str], prefix: str, taken: set[str]) -> list[Any]:
+    """An Identity from each value to its output (skipping the outputs the node leaves unnamed)."""
     from onnx import helper
 
-    nodes, results = _body_copy(branch, {}, prefix, taken, graph)
-    for out, source in zip(outputs, results, strict=True):
-        nodes.append(helper.make_node("Identity", [source], [out], name=_fresh(f"{prefix}/output", taken)))
+    return [helper.make_node("Identity", [value], [out], name=edit.fresh(f"{prefix}/output", taken))
+            for out, value in zip(outputs, values, strict=True) if out]
+
+
+def _stacked(values: Sequence[str], out: str, axis: int, prefix: str, taken: set[str], graph: Any,
+             opset: int) -> list[Any]:
+    """Nodes stacking ``values`` along a new axis ``axis`` into ``out``: an Unsqueeze of each, one Concat."""
+    from onnx import helper
+
+    nodes, parts = [], []
+    for value in values:
+        name = edit.fresh(f"gradsal_{prefix}_stacked", taken)
+        if opset >= 13:  # Unsqueeze takes its axes as an input from opset 13
+            axes = edit.add_initializer(graph, np.array([axis], np.int64), f"gradsal_{prefix}_axes", taken)
+            nodes.append(helper.make_node("Unsqueeze", [value, axes], [name], name=edit.fresh(name, taken)))
+        else:
+            nodes.append(helper.make_node("Unsqueeze", [value], [name], axes=[axis], name=edit.fresh(name, taken)))
+        parts.append(name)
+    nodes.append(helper.make_node("Concat", parts, [out], axis=axis, name=edit.fresh(f"{prefix}/scan", taken)))
     return nodes
 
 
@@ -58,7 +71,7 @@ def _body_copy(body: Any, bound: dict[str, str], prefix: str, taken: set[str],
     from onnx import helper
 
     local = {name for node in body.node for name in node.output if name} | {t.name for t in body.initializer}
-    renamed = dict(bound) | {name: _fresh(f"gradsal_{prefix}_{name}", taken) for name in sorted(local)}
+    renamed = dict(bound) | {name: edit.fresh(f"gradsal_{prefix}_{name}", taken) for name in sorted(local)}
     for tensor in body.initializer:
         moved = graph.initializer.add()
         moved.CopyFrom(tensor)
@@ -67,7 +80,7 @@ def _body_copy(body: Any, bound: dict[str, str], prefix: str, taken: set[str],
     for node in body.node:
         new = helper.make_node(node.op_type, [renamed.get(n, n) for n in node.input],
                                [renamed.get(n, n) for n in node.output],
-                               name=_fresh(node.name, taken) if node.name else None, domain=node.domain)
+                               name=edit.fresh(node.name, taken) if node.name else None, domain=node.domain)
         new.attribute.extend(_renamed_attributes(node, renamed))
         nodes.append(new)
     return nodes, [renamed.get(out.name, out.name) for out in body.output]
@@ -108,16 +121,15 @@ def _expanded(model: Any, chosen: Any, expand: Any) -> Any | None:
 
 
 def _unrollable(node: Any, values: dict[str, np.ndarray]) -> bool:
-    if node.op_type != "Loop" or node.domain not in ("", "ai.onnx"):
+    if node.op_type != "Loop" or not edit.is_standard(node):
         return False
-    trip = node.input[0] if node.input else ""
-    condition = node.input[1] if len(node.input) > 1 else ""
+    trip, condition = optional_input(node, 0), optional_input(node, 1)
     if not trip or trip not in values or (condition and (condition not in values or
                                                          not bool(np.asarray(values[condition]).reshape(-1)[0]))):
         return False
     if not 1 <= int(np.asarray(values[trip]).reshape(-1)[0]) <= MAX_UNROLLED_ITERATIONS:
         return False
-    body = next(a.g for a in node.attribute if a.name == "body")
+    body = io.node_attribute(node, "body")
     condition_in, condition_out = body.input[1].name, body.output[0].name
     passes_through = condition_out == condition_in or any(
         n.op_type == "Identity" and list(n.output) == [condition_out] and list(n.input) == [condition_in]
@@ -126,18 +138,14 @@ def _unrollable(node: Any, values: dict[str, np.ndarray]) -> bool:
 
 
 def _unrolled_loop(node: Any, trips: int, prefix: str, taken: set[str], graph: Any, opset: int) -> list[Any]:
-    from onnx import helper, numpy_helper
-
-    body = next(a.g for a in node.attribute if a.name == "body")
+    body = io.node_attribute(node, "body")
     carried = list(node.input[2:])
     n_carried = len(carried)
     nodes: list[Any] = []
-    true_name = _fresh(f"gradsal_{prefix}_true", taken)
-    graph.initializer.append(numpy_helper.from_array(np.array(True), true_name))
+    true_name = edit.add_initializer(graph, np.array(True), f"gradsal_{prefix}_true", taken)
     scans: list[list[str]] = [[] for _ in body.output[1 + n_carried:]]
     for i in range(trips):
-        iteration = _fresh(f"gradsal_{prefix}_iteration_{i}", taken)
-        graph.initializer.append(numpy_helper.from_array(np.array(i, np.int64), iteration))
+        iteration = edit.add_initializer(graph, np.array(i, np.int64), f"gradsal_{prefix}_iteration_{i}", taken)
         bound = {body.input[0].name: iteration, body.input[1].name: true_name}
         bound |= {vi.name: value for vi, value in zip(body.input[2:], carried, strict=True)}
         copied, results = _body_copy(body, bound, f"{prefix}_{i}", taken, graph)
@@ -145,23 +153,10 @@ def _unrolled_loop(node: Any, trips: int, prefix: str, taken: set[str], graph: A
         carried = results[1:1 + n_carried]
         for scan, value in zip(scans, results[1 + n_carried:], strict=True):
             scan.append(value)
-    for out, value in zip(node.output[:n_carried], carried, strict=True):
-        if out:
-            nodes.append(helper.make_node("Identity", [value], [out], name=_fresh(f"{prefix}/output", taken)))
+    nodes += _identities(node.output[:n_carried], carried, prefix, taken)
     for out, values_ in zip(node.output[n_carried:], scans, strict=False):
-        if not out:
-            continue
-        stacked = []
-        for value in values_:
-            name = _fresh(f"gradsal_{prefix}_stacked", taken)
-            if opset >= 13:
-                axes = _fresh(f"gradsal_{prefix}_axes", taken)
-                graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes))
-                nodes.append(helper.make_node("Unsqueeze", [value, axes], [name], name=_fresh(name, taken)))
-            else:
-                nodes.append(helper.make_node("Unsqueeze", [value], [name], axes=[0], name=_fresh(name, taken)))
-            stacked.append(name)
-        nodes.append(helper.make_node("Concat", stacked, [out], axis=0, name=_fresh(f"{prefix}/scan", taken)))
+        if out:
+            nodes += _stacked(values_, out, 0, prefix, taken, graph, opset)
     return nodes
 
 
@@ -173,7 +168,7 @@ def _renamed_attributes(node: Any, renamed: dict[str, str]) -> list[Any]:
     for attribute in node.attribute:
         copy = onnx.AttributeProto()
         copy.CopyFrom(attribute)
-        for sub in ([copy.g] if copy.HasField("g") else []) + list(copy.graphs):
+        for sub in edit.subgraphs(copy):
             _rename_reads(sub, renamed)
         attributes.append(copy)
     return attributes
@@ -187,20 +182,11 @@ def _rename_reads(graph: Any, renamed: dict[str, str]) -> None:
             if name not in own and name in renamed:
                 node.input[i] = renamed[name]
         for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+            for sub in edit.subgraphs(attribute):
                 _rename_reads(sub, {k: v for k, v in renamed.items() if k not in own})
     for out in graph.output:
         if out.name not in own and out.name in renamed:
             out.name = renamed[out.name]
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, count = name, 0
-    while candidate in taken:
-        count += 1
-        candidate = f"{name}_{count}"
-    taken.add(candidate)
-    return candidate
 
 
 def names_in(graph: Any) -> set[str]:
@@ -209,14 +195,14 @@ def names_in(graph: Any) -> set[str]:
     for node in graph.node:
         names.update(name for name in (*node.input, *node.output, node.name) if name)
         for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+            for sub in edit.subgraphs(attribute):
                 names |= names_in(sub)
     return names
 
 
 def if_conditions(graph: Any) -> list[str]:
     """The condition tensors of a graph's top-level If nodes."""
-    return [node.input[0] for node in graph.node if node.op_type == "If" and node.domain in ("", "ai.onnx")]
+    return [node.input[0] for node in graph.node if node.op_type == "If" and edit.is_standard(node)]
 
 
 def unroll_scans(model: Any, shapes: dict[str, tuple[int, ...]], taken: set[str], opset: int) -> Any | None:
@@ -233,16 +219,14 @@ def unroll_scans(model: Any, shapes: dict[str, tuple[int, ...]], taken: set[str]
 
 
 def _ints(node: Any, name: str, count: int) -> list[int]:
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return list(attribute.ints)
-    return [0] * count
+    """An integer-list attribute of Scan, ``count`` zeros (its default) when absent."""
+    return list(io.node_attribute(node, name, [0] * count))
 
 
 def _scan_length(node: Any, shapes: dict[str, tuple[int, ...]], opset: int) -> int | None:
-    if node.op_type != "Scan" or node.domain not in ("", "ai.onnx") or opset < 9:
+    if node.op_type != "Scan" or not edit.is_standard(node) or opset < 9:
         return None
-    scans = next(a.i for a in node.attribute if a.name == "num_scan_inputs")
+    scans = int(io.node_attribute(node, "num_scan_inputs"))
     scan_inputs = list(node.input[len(node.input) - scans:])
     axes = _ints(node, "scan_input_axes", scans)
     lengths = set()
@@ -258,10 +242,10 @@ def _scan_length(node: Any, shapes: dict[str, tuple[int, ...]], opset: int) -> i
 
 
 def _unrolled_scan(node: Any, length: int, prefix: str, taken: set[str], graph: Any, opset: int) -> list[Any]:
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
-    body = next(a.g for a in node.attribute if a.name == "body")
-    scans = next(a.i for a in node.attribute if a.name == "num_scan_inputs")
+    body = io.node_attribute(node, "body")
+    scans = int(io.node_attribute(node, "num_scan_inputs"))
     n_states = len(node.input) - scans
     states = list(node.input[:n_states])
     scan_inputs = list(node.input[n_states:])
@@ -269,40 +253,22 @@ def _unrolled_scan(node: Any, length: int, prefix: str, taken: set[str], graph: 
     n_outputs = len(body.output) - n_states
     out_axes, out_reverse = _ints(node, "scan_output_axes", n_outputs), _ints(node, "scan_output_directions", n_outputs)
     nodes: list[Any] = []
-
-    def constant(value: Any, hint: str) -> str:
-        name = _fresh(f"gradsal_{prefix}_{hint}", taken)
-        graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
     slices: list[list[str]] = [[] for _ in range(n_outputs)]
     for t in range(length):
         bound = {vi.name: value for vi, value in zip(body.input[:n_states], states, strict=True)}
         for vi, name, axis, reverse in zip(body.input[n_states:], scan_inputs, in_axes, in_reverse, strict=True):
-            picked = _fresh(f"gradsal_{prefix}_slice", taken)
-            index = constant(np.array(length - 1 - t if reverse else t, np.int64), "index")
-            nodes.append(helper.make_node("Gather", [name, index], [picked], axis=axis, name=_fresh(picked, taken)))
+            picked = edit.fresh(f"gradsal_{prefix}_slice", taken)
+            index = edit.add_initializer(graph, np.array(length - 1 - t if reverse else t, np.int64),
+                                         f"gradsal_{prefix}_index", taken)
+            nodes.append(helper.make_node("Gather", [name, index], [picked], axis=axis, name=edit.fresh(picked, taken)))
             bound[vi.name] = picked
         copied, results = _body_copy(body, bound, f"{prefix}_{t}", taken, graph)
         nodes.extend(copied)
         states = results[:n_states]
         for collected, value in zip(slices, results[n_states:], strict=True):
             collected.append(value)
-    for out, value in zip(node.output[:n_states], states, strict=True):
-        if out:
-            nodes.append(helper.make_node("Identity", [value], [out], name=_fresh(f"{prefix}/output", taken)))
+    nodes += _identities(node.output[:n_states], states, prefix, taken)
     for out, collected, axis, reverse in zip(node.output[n_states:], slices, out_axes, out_reverse, strict=False):
-        if not out:
-            continue
-        ordered = collected[::-1] if reverse else collected
-        stacked = []
-        for value in ordered:
-            name = _fresh(f"gradsal_{prefix}_stacked", taken)
-            if opset >= 13:
-                axes = constant(np.array([axis], np.int64), "axes")
-                nodes.append(helper.make_node("Unsqueeze", [value, axes], [name], name=_fresh(name, taken)))
-            else:
-                nodes.append(helper.make_node("Unsqueeze", [value], [name], axes=[axis], name=_fresh(name, taken)))
-            stacked.append(name)
-        nodes.append(helper.make_node("Concat", stacked, [out], axis=axis, name=_fresh(f"{prefix}/scan", taken)))
+        if out:
+            nodes += _stacked(collected[::-1] if reverse else collected, out, axis, prefix, taken, graph, opset)
     return nodes

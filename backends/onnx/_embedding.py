@@ -18,6 +18,7 @@ import numpy as np
 from ...core.errors import BackendError, InputError, InputTypeError, ModelError
 from .._at_tensor import TensorBackend, bound_inputs
 from . import _model_io as io
+from ._graph_edit import downstream
 from .backend import OnnxBackend, _default_options, _providers
 
 DETACHED_SUFFIX = "__gradsal_detached"  # the cut copy's name for the original producer's output
@@ -157,7 +158,7 @@ def _check_tensor(graph: Any, types: dict[str, int], arrays: Mapping[str, np.nda
                   id_input: str | None, label: str) -> str:
     if not isinstance(tensor, str):
         raise InputTypeError(f"tensor must be a tensor name (str), got {type(tensor).__name__}.")
-    produced = {out for node in graph.node for out in node.output if out}
+    produced = set(io.producers(graph))
     if tensor not in produced:
         raise ModelError(f"{label} has no node output named {tensor!r} to differentiate at. "
                          + io.close_matches(tensor, sorted(produced), "tensors"))
@@ -168,7 +169,7 @@ def _check_tensor(graph: Any, types: dict[str, int], arrays: Mapping[str, np.nda
     for source in sources:
         derived, frontier = _frontier(graph, types, source)
         firsts = {out for _, out in frontier}
-        reach = _downstream(graph, firsts)
+        reach, _ = downstream(graph, firsts)
         if tensor in derived or tensor in reach:
             feeding.append(source)
     if len(feeding) == 1:
@@ -178,14 +179,6 @@ def _check_tensor(graph: Any, types: dict[str, int], arrays: Mapping[str, np.nda
                          f"({', '.join(map(repr, sources))}).")
     raise ModelError(f"{label}: tensor {tensor!r} is computed from several integer inputs "
                      f"({', '.join(map(repr, feeding))}); pass id_input= to say whose values baselines replace.")
-
-
-def _downstream(graph: Any, names: set[str]) -> set[str]:
-    reached = set(names)
-    for node in graph.node:
-        if any(name in reached for name in node.input):
-            reached.update(out for out in node.output if out)
-    return reached
 
 
 # -------------------------------------------------------------------------------------------- the two graphs

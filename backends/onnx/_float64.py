@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import _model_io as io
+from ._graph_edit import subgraphs
 
 _FLOAT, _DOUBLE = 1, 11  # onnx.TensorProto.FLOAT, DOUBLE
 _DTYPE_ATTRIBUTES = {"Cast": "to", "RandomNormal": "dtype", "RandomUniform": "dtype",
@@ -52,10 +53,8 @@ def _convert_node(onnx: Any, node: Any) -> None:
             attribute.i = _DOUBLE
         elif attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == _FLOAT:
             attribute.t.CopyFrom(_as_double(onnx, attribute.t))
-        elif attribute.type == onnx.AttributeProto.GRAPH:
-            _convert_graph(onnx, attribute.g)
-        elif attribute.type == onnx.AttributeProto.GRAPHS:
-            for graph in attribute.graphs:
+        else:
+            for graph in subgraphs(attribute):
                 _convert_graph(onnx, graph)
     if node.op_type == "Constant":
         _constant_floats_as_tensor(onnx, node)

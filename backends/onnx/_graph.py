@@ -1,7 +1,7 @@
 """Build a gradient graph (reverse-mode VJP or forward-mode JVP) over an ONNX model.
 
 The gradient graph is the original forward graph plus, for every node on the path from the
-differentiated tensor to the explained output, the nodes its rule emits (see ``_rules``). It runs in
+differentiated tensor to the explained output, the nodes its rule emits (see ``rules``). It runs in
 one onnxruntime session: inputs ``x`` and a seed (cotangent or tangent), outputs the explained tensor
 and ``J^T v`` (or ``J u``). Shapes are made concrete at the caller's input shape, after a probe run of
 the model that records every tensor's shape and the value of every tensor that does not depend on the
@@ -13,7 +13,12 @@ input's values (a ``Range`` up to ``ReduceMax(x)``, a ``NonZero``) is not, and n
 ``Range``, ``ConstantOfShape`` or ``EyeLike`` computes from such values. Tensors whose shape may change
 with the input's values make the graph valid only at the probed point: the builder adds a ``Shape``
 output for each of them (``GradientGraph.shape_checks``), and the backend rebuilds the graph when a
-run finds another shape.
+run finds another shape; an inlined ``If`` branch is checked the same way, by its condition.
+
+Guards are the third kind of check: a rule may *speculate*, emitting a form that is exact only under a
+condition it cannot decide at build time (a max-pooling window has a single maximum), and register a
+boolean output that is true where the condition fails (``GradientGraph.guards``). The backend runs the
+speculative graph and, where a guard fires, reruns on the exact graph, built with ``speculative=False``.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
+from . import _graph_edit as edit
 from . import _model_io as io
 from . import rules as _rule_families
 from ._control_flow import if_conditions, inline_known_ifs, names_in, unroll_known_loops, unroll_scans
@@ -52,6 +58,13 @@ _BROADCAST_OPS = frozenset({
 })
 
 
+class Guard(NamedTuple):
+    """A boolean scalar output of a speculative gradient graph: where it is true, the result is not exact."""
+
+    output: str
+    why: str  # the condition under which the speculative form fails, for messages and debugging
+
+
 @dataclass(frozen=True)
 class GradientGraph:
     """A built gradient model and the names of its inputs and outputs."""
@@ -66,9 +79,9 @@ class GradientGraph:
     shape_checks: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
     """(graph output, tensor, shape at the probe) for each tensor whose shape may change with the
     input's values: the graph is valid for an input where every such output equals the probed shape."""
-    tie_flags: tuple[str, ...] = ()
-    """Boolean scalar outputs: where one is true (a max-pooling window with two maxima, say), the result
-    is not the argmax rule's; build again with ``exact_ties=True`` and run that graph instead."""
+    guards: tuple[Guard, ...] = ()
+    """The speculative forms' guards: where one output is true (a max-pooling window with two maxima,
+    say), the result is not exact; build again with ``speculative=False`` and run that graph instead."""
 
 
 def _np_dtype(elem_type: int) -> np.dtype:
@@ -87,9 +100,9 @@ class _Probe:
 
 
 def _default_opset(model: Any) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
+    opset = edit.default_opset(model)
+    if opset:
+        return int(opset)
     raise ModelError("the ONNX model imports no default ('ai.onnx') opset; it cannot be differentiated.")
 
 
@@ -115,7 +128,7 @@ def _reads(node: Any) -> list[str]:
     """The tensors a node reads: its inputs, and the outer-scope tensors its subgraphs use."""
     names = [name for name in node.input if name]
     for attribute in node.attribute:
-        for sub in [attribute.g, *attribute.graphs]:
+        for sub in edit.subgraphs(attribute):
             names.extend(name for n in sub.node for name in _reads(n))
     return names
 
@@ -137,7 +150,7 @@ def _dependence(graph: Any, sources: set[str],
             value_varies = shape_varies
         else:
             value_varies = node.op_type in _rules.RANDOM_OPS or any(name in values for name in reads)
-        positions = _SHAPE_SETTING_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else None
+        positions = _SHAPE_SETTING_INPUTS.get(node.op_type, ()) if edit.is_standard(node) else None
         setting = reads if positions is None else [node.input[i] for i in positions if i < len(node.input)]
         if shape_varies or any(name in values for name in setting if name):
             shapes.update(name for name in outputs if name not in static)
@@ -284,7 +297,7 @@ def _outer_reads(node: Any) -> list[str]:
     """The outer-scope tensors that a node's subgraphs (If branches, Loop and Scan bodies) read."""
     names: list[str] = []
     for attribute in node.attribute:
-        for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+        for sub in edit.subgraphs(attribute):
             local = ({vi.name for vi in sub.input} | {t.name for t in sub.initializer}
                      | {name for n in sub.node for name in n.output})
             read = [name for n in sub.node for name in (*n.input, *_outer_reads(n)) if name]
@@ -314,7 +327,7 @@ def _path(graph: Any, source: str, output: str) -> set[str]:
 
 @dataclass
 class _Builder:
-    """The :class:`~._rules.RuleContext` the rules see, and the nodes they emitted."""
+    """The :class:`~.rules.registry.RuleContext` the rules see, and the nodes they emitted."""
 
     opset: int
     relu_rule: str
@@ -329,8 +342,8 @@ class _Builder:
     current: str = ""
     source: str = ""
     made_by: dict[str, Any] = field(default_factory=dict)
-    exact_ties: bool = False
-    tie_flags: list[str] = field(default_factory=list)
+    speculative: bool = True
+    guards: list[Guard] = field(default_factory=list)
     forward_before: dict[str, list[Any]] = field(default_factory=dict)
     forward_replaced: dict[str, Any] = field(default_factory=dict)
     _counter: itertools.count = field(default_factory=itertools.count)
@@ -454,13 +467,10 @@ class _Builder:
         return out
 
     def producer(self, name: str) -> Any:
-        return self.made_by.get(name)
+        return None if name == self.source else self.made_by.get(name)
 
-    def is_source(self, name: str) -> bool:
-        return name == self.source
-
-    def flag_ties(self, flag: str) -> None:
-        self.tie_flags.append(flag)
+    def guard(self, flag: str, why: str) -> None:
+        self.guards.append(Guard(flag, why))
 
     def attr(self, node: Any, name: str, default: object = None) -> object:
         return io.node_attribute(node, name, default)
@@ -499,7 +509,7 @@ def _require_rule(node: Any, opset: int, mode: str) -> Any:
             f"(output_name=...) or {hint[0].lower() + hint[1:]}"
         )
     if fn is None:
-        domain = f" in domain {node.domain!r}" if node.domain not in ("", "ai.onnx") else ""
+        domain = f" in domain {node.domain!r}" if not edit.is_standard(node) else ""
         raise UnsupportedOperatorError(
             f"gradsal has no {'reverse' if mode == 'vjp' else 'forward'}-mode rule for "
             f"{_node_label(node, opset)}{domain}. {hint}"
@@ -523,16 +533,11 @@ def _emit_vjp(builder: _Builder, nodes: list[Any], source: str, output: str, see
         ]
         if all(g is None for g in out_grads):
             continue
-        fn = _require_rule(node, builder.opset, "vjp")
-        builder.current = node.name or node.op_type
-        in_grads = fn(builder, node, out_grads)
-        _check_arity(node, in_grads, len(node.input), "VJP")
-        for name, grad in zip(node.input, in_grads, strict=True):
-            if grad is not None and name in builder.on_path:
-                builder.record(grad, name)
-                grads.setdefault(name, []).append(grad)
+        in_grads = _apply_rule(builder, node, "vjp", out_grads, len(node.input))
+        for name, grad in _on_path(builder, node.input, in_grads):
+            grads.setdefault(name, []).append(grad)
     if not grads.get(source):
-        raise ModelError(f"the output {output!r} does not depend on {source!r}: its gradient is zero.")
+        raise _independent(output, source)
     return builder.sum(grads[source], source)
 
 
@@ -542,17 +547,33 @@ def _emit_jvp(builder: _Builder, nodes: list[Any], source: str, output: str, see
         in_tangents = [tangents.get(name) if name else None for name in node.input]
         if all(t is None for t in in_tangents):
             continue
-        fn = _require_rule(node, builder.opset, "jvp")
-        builder.current = node.name or node.op_type
-        out_tangents = fn(builder, node, in_tangents)
-        _check_arity(node, out_tangents, len(node.output), "JVP")
-        for name, tangent in zip(node.output, out_tangents, strict=True):
-            if tangent is not None and name in builder.on_path:
-                builder.record(tangent, name)
-                tangents[name] = tangent
+        out_tangents = _apply_rule(builder, node, "jvp", in_tangents, len(node.output))
+        tangents.update(_on_path(builder, node.output, out_tangents))
     if output not in tangents:
-        raise ModelError(f"the output {output!r} does not depend on {source!r}: its gradient is zero.")
+        raise _independent(output, source)
     return tangents[output]
+
+
+def _apply_rule(builder: _Builder, node: Any, mode: str, given: list[str | None], expected: int) -> list[str | None]:
+    """Call the node's ``mode`` rule on ``given`` (its outputs' cotangents, or its inputs' tangents)."""
+    fn = _require_rule(node, builder.opset, mode)
+    builder.current = node.name or node.op_type
+    result = fn(builder, node, given)
+    _check_arity(node, result, expected, mode.upper())
+    return result
+
+
+def _on_path(builder: _Builder, names: Sequence[str], values: list[str | None]) -> list[tuple[str, str]]:
+    """(tensor, value) for each value a rule computed for a tensor on the path, its shape recorded."""
+    kept = [(name, value) for name, value in zip(names, values, strict=True)
+            if value is not None and name in builder.on_path]
+    for name, value in kept:
+        builder.record(value, name)
+    return kept
+
+
+def _independent(output: str, source: str) -> ModelError:
+    return ModelError(f"the output {output!r} does not depend on {source!r}: its gradient is zero.")
 
 
 def _check_arity(node: Any, result: Any, expected: int, kind: str) -> None:
@@ -572,7 +593,7 @@ def _needed_nodes(nodes: list[Any], outputs: set[str]) -> list[Any]:
             keep.append(node)
             needed.update(name for name in node.input if name)
             for attribute in node.attribute:  # tensors a subgraph reads from the outer scope
-                for sub in [attribute.g, *attribute.graphs]:
+                for sub in edit.subgraphs(attribute):
                     needed.update(name for n in sub.node for name in n.input if name)
     keep.reverse()
     return keep
@@ -588,7 +609,7 @@ def build_gradient_model(
     wrt: str | None = None,
     relu_rule: str = "standard",
     probe_input: np.ndarray | None = None,
-    exact_ties: bool = False,
+    speculative: bool = True,
 ) -> GradientGraph:
     """Return the VJP (``mode="vjp"``) or JVP (``"jvp"``) model of ``output_name`` at ``input_shape``.
 
@@ -601,7 +622,8 @@ def build_gradient_model(
     tensors whose shapes vary with the input's values; the graph is valid where they have the shapes
     they had at the probe, which its ``shape_checks`` outputs let the caller verify.
 
-    ``exact_ties``: see :attr:`GradientGraph.tie_flags`.
+    ``speculative``: whether rules may emit forms exact only under a run-time condition, each checked by
+    one of the graph's :attr:`GradientGraph.guards` (False: the exact graph, with no guards).
     """
     import onnx
     from onnx import helper
@@ -641,7 +663,7 @@ def build_gradient_model(
     taken |= {vi.name for vi in graph.input} | {init.name for init in graph.initializer}
     builder = _Builder(opset, relu_rule, probe, on_path, float_dtype, taken, source=source,
                        made_by={name: node for node in graph.node for name in node.output},
-                       exact_ties=exact_ties)
+                       speculative=speculative)
 
     seed = COTANGENT_NAME if mode == "vjp" else TANGENT_NAME
     seed_like = output_name if mode == "vjp" else source
@@ -654,7 +676,7 @@ def build_gradient_model(
     checks = _shape_checks(builder, path_nodes, [output_name, source]) + _branch_checks(builder, switches)
 
     outputs = [output_name, RESULT_NAME] + ([source] if source != input_name else [])
-    outputs += [check for check, _, _ in checks] + builder.tie_flags
+    outputs += [check for check, _, _ in checks] + [guard.output for guard in builder.guards]
     all_nodes = _needed_nodes([*builder.forward_nodes(graph.node), *builder.nodes], set(outputs))
     input_vi = next(vi for vi in graph.input if vi.name == input_name)
     seed_elem = helper.np_dtype_to_tensor_dtype(builder.dtype(seed_like))
@@ -679,7 +701,7 @@ def build_gradient_model(
             ),
             *(helper.make_tensor_value_info(check, onnx.TensorProto.INT64, [len(shape)])
               for check, _, shape in checks),
-            *(helper.make_tensor_value_info(flag, onnx.TensorProto.BOOL, []) for flag in builder.tie_flags),
+            *(helper.make_tensor_value_info(guard.output, onnx.TensorProto.BOOL, []) for guard in builder.guards),
         ],
         [*graph.initializer, *builder.initializers],
     )
@@ -693,7 +715,7 @@ def build_gradient_model(
             "Please report this with the model."
         ) from exc
     return GradientGraph(grad_model, input_name, seed, output_name, RESULT_NAME, source, mode, tuple(checks),
-                         tuple(builder.tie_flags))
+                         tuple(builder.guards))
 
 
 def _branch_checks(builder: _Builder, switches: dict[str, bool]) -> list[tuple[str, str, tuple[int, ...]]]:

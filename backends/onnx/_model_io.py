@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...core.errors import InputError, InputTypeError, MissingDependencyError, ModelError
+from ._graph_edit import default_opset, subgraphs
 
 INSTALL_HINT = "pip install 'gradsal[onnx]'"
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -126,7 +127,7 @@ def _check(loaded: LoadedModel) -> None:
         raise ModelError(
             f"{loaded.label} holds no ONNX graph (no nodes): it is empty, truncated or not an ONNX model."
         )
-    if not any(imp.domain in ("", "ai.onnx") for imp in proto.opset_import):
+    if not default_opset(proto):
         raise ModelError(f"{loaded.label} imports no default ('ai.onnx') opset; it is not a usable ONNX model.")
 
 
@@ -150,9 +151,7 @@ def _node_tensors(node: Any) -> Iterator[Any]:
         for sparse in [*sparse_tensors, *attribute.sparse_tensors]:
             yield sparse.values
             yield sparse.indices
-        if attribute.HasField("g"):
-            yield from _graph_tensors(attribute.g)
-        for sub in attribute.graphs:
+        for sub in subgraphs(attribute):
             yield from _graph_tensors(sub)
 
 
@@ -284,9 +283,26 @@ def constant_values(graph: Any) -> dict[str, np.ndarray]:
     inputs = {vi.name for vi in graph.input}
     values = {name: value for name, value in values.items() if name not in inputs}  # overridable defaults
     for node in graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+        if _is_dense_constant(node):
             values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     return values
+
+
+def constant_value(graph: Any, name: str) -> np.ndarray | None:
+    """What :func:`constant_values` holds for ``name`` (None when nothing), reading that one tensor only."""
+    from onnx import numpy_helper
+
+    for node in graph.node:
+        if _is_dense_constant(node) and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t)
+    if any(vi.name == name for vi in graph.input):
+        return None
+    found = next((init for init in graph.initializer if init.name == name), None)
+    return None if found is None else numpy_helper.to_array(found)
+
+
+def _is_dense_constant(node: Any) -> bool:
+    return node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value"
 
 
 def producers(graph: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...core.errors import UnsupportedOperatorError
+from ._graph_edit import downstream
 
 QUANTISATION_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
@@ -28,15 +29,10 @@ QUANTISATION_OPS = frozenset({
 
 def nodes_between(graph: Any, source: str, output: str, reads: Any) -> list[Any]:
     """The nodes that depend on ``source`` (through any input) and that ``output`` depends on."""
-    after = {source}
-    downstream = []
-    for node in graph.node:
-        if any(name in after for name in reads(node)):
-            after.update(name for name in node.output if name)
-            downstream.append(node)
+    _, after = downstream(graph, [source], reads)
     needed = {output}
     between = []
-    for node in reversed(downstream):
+    for node in reversed(after):
         if any(name in needed for name in node.output):
             needed.update(reads(node))
             between.append(node)

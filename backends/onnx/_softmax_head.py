@@ -12,16 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-_STANDARD = ("", "ai.onnx")
+from . import _model_io as io
+from ._graph_edit import is_standard
 
 
 def softmax_logits(node: Any, graph: Any) -> str | None:
     """The logits of the softmax whose last node is ``node`` (a Div or a Mul) in ``graph``, or None."""
-    if node.op_type not in ("Div", "Mul") or node.domain not in _STANDARD or len(node.input) != 2:
+    if node.op_type not in ("Div", "Mul") or not is_standard(node) or len(node.input) != 2:
         return None
-    made_by = {name: producer for producer in graph.node for name in producer.output if name}
+    made_by = io.producers(graph)
     if node.op_type == "Div":
         numerator, total = node.input[0], node.input[1]
     elif node.op_type == "Mul":
@@ -33,7 +32,7 @@ def softmax_logits(node: Any, graph: Any) -> str | None:
         return None
     exp = made_by.get(numerator)
     summed = made_by.get(total)
-    if exp is None or exp.op_type != "Exp" or exp.domain not in _STANDARD:
+    if exp is None or exp.op_type != "Exp" or not is_standard(exp):
         return None
     if summed is None or summed.op_type != "ReduceSum" or summed.input[0] != numerator:
         return None
@@ -42,7 +41,7 @@ def softmax_logits(node: Any, graph: Any) -> str | None:
         return None
     logits = exp.input[0]
     shifted = made_by.get(logits)
-    if shifted is not None and shifted.op_type == "Sub" and shifted.domain in _STANDARD:
+    if shifted is not None and shifted.op_type == "Sub" and is_standard(shifted):
         maximum = made_by.get(shifted.input[1])
         if (maximum is not None and maximum.op_type == "ReduceMax" and maximum.input[0] == shifted.input[0]
                 and _reduced_axes(maximum, graph) == axes):
@@ -54,7 +53,7 @@ def _exp_times_reciprocal(node: Any, made_by: dict[str, Any]) -> tuple[str, str]
     """``(numerator, the sum)`` for ``Mul(e, Reciprocal(s))`` in either operand order."""
     for numerator, other in (node.input, node.input[::-1]):
         reciprocal = made_by.get(other)
-        if reciprocal is not None and reciprocal.op_type == "Reciprocal" and reciprocal.domain in _STANDARD:
+        if reciprocal is not None and reciprocal.op_type == "Reciprocal" and is_standard(reciprocal):
             return numerator, reciprocal.input[0]
     return None
 
@@ -62,15 +61,13 @@ def _exp_times_reciprocal(node: Any, made_by: dict[str, Any]) -> tuple[str, str]
 def _reduced_axes(node: Any, graph: Any) -> frozenset[int] | None:
     """The axes a ReduceSum/ReduceMax with ``keepdims=1`` reduces, from its attribute or its constant
     second input; None when it drops them, names none (all axes) or names the batch axis 0."""
-    from onnx import helper
-
-    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if attributes.get("keepdims", 1) != 1:
+    if io.node_attribute(node, "keepdims", 1) != 1:
         return None
-    if "axes" in attributes:
-        axes = list(attributes["axes"])
+    axes = io.node_attribute(node, "axes")
+    if axes is not None:
+        axes = list(axes)
     elif len(node.input) > 1 and node.input[1]:
-        found = _constant(graph, node.input[1])
+        found = io.constant_value(graph, node.input[1])
         if found is None:
             return None
         axes = [int(a) for a in found.reshape(-1)]
@@ -79,19 +76,3 @@ def _reduced_axes(node: Any, graph: Any) -> frozenset[int] | None:
     if not axes or 0 in axes:
         return None
     return frozenset(axes)
-
-
-def _constant(graph: Any, name: str) -> np.ndarray | None:
-    """The value of an initializer (not overridable as an input) or a ``Constant`` node's output."""
-    from onnx import numpy_helper
-
-    if any(vi.name == name for vi in graph.input):
-        return None
-    for init in graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for node in graph.node:
-        if (node.op_type == "Constant" and node.output[0] == name and len(node.attribute) == 1
-                and node.attribute[0].name == "value"):
-            return numpy_helper.to_array(node.attribute[0].t)
-    return None

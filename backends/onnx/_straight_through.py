@@ -21,12 +21,13 @@ backend's outputs are the quantised model's.
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
 import numpy as np
 
+from . import _graph_edit as edit
 from . import _model_io as io
+from .rules.emit import optional_input
 
 
 class StraightThroughWarning(UserWarning):
@@ -49,22 +50,19 @@ def float_equivalent(model: Any) -> tuple[Any, int]:
     graph = copy.graph
     constants = io.constant_values(graph)
     # Clip takes its bounds as inputs from opset 11
-    opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 0)
-    made_by = {name: node for node in graph.node for name in node.output if name}
-    readers: dict[str, list[Any]] = collections.defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            readers[name].append(node)
+    opset = edit.default_opset(copy)
+    made_by = io.producers(graph)
+    readers = edit.readers(graph)
     replaced: dict[int, Any] = {}  # id(node replaced) -> its float replacement
     new_weights: list[Any] = []
     for node in graph.node:
-        if node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx") and opset >= 11:
+        if node.op_type == "DequantizeLinear" and edit.is_standard(node) and opset >= 11:
             found_pair = _qdq_clip(node, made_by, constants)
             if found_pair is None:
                 continue
             replacement, bounds = found_pair
             new_weights.extend(bounds)
-        elif node.op_type in _INTEGER_OPS and node.domain in ("", "ai.onnx"):
+        elif node.op_type in _INTEGER_OPS and edit.is_standard(node):
             found = _dynamic_chain(node, made_by, readers, constants)
             if found is None:
                 continue
@@ -101,20 +99,18 @@ def _qdq_clip(dequantize: Any, made_by: dict[str, Any], constants: dict[str, np.
     from onnx import helper, numpy_helper
 
     quantize = made_by.get(dequantize.input[0])
-    if quantize is None or quantize.op_type != "QuantizeLinear" or quantize.domain not in ("", "ai.onnx"):
+    if quantize is None or quantize.op_type != "QuantizeLinear" or not edit.is_standard(quantize):
         return None
     for position in (1, 2):
-        q_in = quantize.input[position] if len(quantize.input) > position else ""
-        dq_in = dequantize.input[position] if len(dequantize.input) > position else ""
-        if not _same(q_in, dq_in, constants):
+        if not _same(optional_input(quantize, position), optional_input(dequantize, position), constants):
             return None
-    q_attributes = {a.name: helper.get_attribute_value(a) for a in quantize.attribute if a.name != "saturate"}
-    dq_attributes = {a.name: helper.get_attribute_value(a) for a in dequantize.attribute}
+    q_attributes = {k: v for k, v in edit.attributes(quantize).items() if k != "saturate"}
+    dq_attributes = edit.attributes(dequantize)
     if q_attributes.get("axis", 1) != dq_attributes.get("axis", 1) or \
             q_attributes.get("block_size", 0) != dq_attributes.get("block_size", 0):
         return None
     scale_name = quantize.input[1]
-    zero_name = quantize.input[2] if len(quantize.input) > 2 else ""
+    zero_name = optional_input(quantize, 2)
     if scale_name not in constants or (zero_name and zero_name not in constants) or "output_dtype" in q_attributes:
         return None
     scale = constants[scale_name]
@@ -153,7 +149,7 @@ def _dynamic_chain(integer_op: Any, made_by: dict[str, Any], readers: dict[str, 
     cast = _only_reader(integer_op.output[0], readers, "Cast")
     if cast is None:
         return None
-    to = next((helper.get_attribute_value(a) for a in cast.attribute if a.name == "to"), None)
+    to = io.node_attribute(cast, "to")
     if to not in (1, 10, 11):  # float, float16, double
         return None
     scaled = _scaled(cast.output[0], x_scale, made_by, readers, constants)
@@ -166,7 +162,7 @@ def _dynamic_chain(integer_op: Any, made_by: dict[str, Any], readers: dict[str, 
     if weight is None:
         return None
     weight_name = f"{integer_op.output[0]}_dequantised_weight"
-    attributes = {a.name: helper.get_attribute_value(a) for a in integer_op.attribute if a.name in _CONV_ATTRIBUTES}
+    attributes = {k: v for k, v in edit.attributes(integer_op).items() if k in _CONV_ATTRIBUTES}
     replacement = helper.make_node(_INTEGER_OPS[integer_op.op_type], [x, weight_name], [end.output[0]],
                                    name=f"{integer_op.name or integer_op.output[0]}_straight_through", **attributes)
     return end, replacement, numpy_helper.from_array(weight, weight_name)

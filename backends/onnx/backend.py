@@ -61,6 +61,7 @@ from ...core.errors import (
     UnsupportedOperatorError,
 )
 from .._stacklevel import user_stacklevel
+from . import _graph_edit as edit
 from . import _model_io as io
 from . import _output_layout as layout
 from . import rules
@@ -112,9 +113,11 @@ class _Built:
 
 
 _FALLBACK = object()  # cache entry: this key is differentiated by finite differences
-# After a run whose tie flag was raised, this many calls at that shape use the exact-ties graph directly,
-# then the fast graph is tried again: inputs that tie every time pay the fast run once in this many + 1.
-EXACT_TIES_CALLS = 16
+_STALE = object()  # a run's verdict: the graph is not valid at this x (another shape); rebuild it there
+# After a run where a speculative graph's guard fired, this many calls at that shape use the exact graph
+# directly, then the speculative one is tried again: inputs on which a guard fires every time (a max pool
+# over flat regions ties on every call) pay the speculative run once in this many + 1.
+EXACT_CALLS_AFTER_A_GUARD = 16
 
 
 class _Shared:
@@ -127,9 +130,9 @@ class _Shared:
         self.gradient_proto = proto  # what gradient graphs differentiate (the float network, straight-through)
         self.cache: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
         self.lock = threading.Lock()
-        # per (shape, mode, wrt, relu rule): calls left that go straight to the exact-ties graph, after a
-        # run of the fast one raised a tie flag (inputs with flat regions tie on every call)
-        self.exact_ties_for: dict[tuple, int] = {}
+        # per (shape, mode, wrt, relu rule): calls left that go straight to the exact graph, after a run of
+        # the speculative one where a guard fired
+        self.exact_calls_left: dict[tuple, int] = {}
 
 
 class OnnxBackend:
@@ -418,18 +421,18 @@ class OnnxBackend:
             )
 
     def _graph_key(self, x: np.ndarray, mode: str, wrt: str | None) -> tuple:
-        """What a gradient graph is built for (the cache adds which tie rule it uses)."""
+        """What a gradient graph is built for (the cache adds whether it is the exact, non-speculative one)."""
         return (tuple(x.shape), mode, wrt, self._relu_rule)
 
-    def _built(self, x: np.ndarray, mode: str, wrt: str | None, stale: Any = None, exact_ties: bool = False) -> Any:
+    def _built(self, x: np.ndarray, mode: str, wrt: str | None, speculative: bool, stale: Any = None) -> Any:
         """The cached graph for ``x``'s shape, built (probed at ``x``) if missing or if it is ``stale``."""
-        key = (*self._graph_key(x, mode, wrt), exact_ties)
+        key = (*self._graph_key(x, mode, wrt), not speculative)
         shared = self._shared
         with shared.lock:
             if key in shared.cache and (stale is None or shared.cache[key] is not stale):
                 shared.cache.move_to_end(key)
                 return shared.cache[key]
-            built = self._build(x, mode, wrt, exact_ties)
+            built = self._build(x, mode, wrt, speculative)
             shared.cache[key] = built
             shared.cache.move_to_end(key)
             while len(shared.cache) > CACHE_SIZE:
@@ -439,63 +442,75 @@ class OnnxBackend:
     def _gradient(self, x: np.ndarray, mode: str, wrt: str | None, seed: Any, what: str) -> list[np.ndarray] | None:
         """``[output or activation, result]`` from the gradient graph at ``x``, or None for the fallback.
 
-        A graph with tensors whose shapes vary with the input's values (``shape_checks``) is valid only
-        where they have the shapes of its build: if a run finds others (or fails, or the seed has another
-        shape than the build's output), the graph is rebuilt once at this ``x``. A run that raises one of
-        the graph's ``tie_flags`` (a max-pooling window with two maxima) is redone on the exact-ties graph.
+        The graph may speculate (``GradientGraph.guards``): where one of its guards fires, the run is redone
+        on the exact graph, which the next calls at this shape then use directly for a while.
         """
         key = self._graph_key(x, mode, wrt)
-        exact_ties = self._take_exact_turn(key)
-        rebuilt = False
-        built = self._built(x, mode, wrt, exact_ties=exact_ties)
-        for _ in range(4):  # at most one switch to the exact-ties graph and one rebuild for shapes per graph
-            if built is _FALLBACK:
-                return None
-            graph = built.graph
-            checks = graph.shape_checks
-            like = "x" if mode == "jvp" else "the model output"
-            names = [graph.wrt_name if wrt is not None else graph.output_name, graph.result_name]
-            try:
-                seed_array = io.check_seed(seed, built.seed_shape, built.seed_dtype,
-                                           "tangent" if mode == "jvp" else "cotangent", like)
-                feeds = {graph.input_name: x, graph.seed_name: seed_array}
-                wanted = [*names, *(check for check, _, _ in checks), *graph.tie_flags]
-                results = self._run(built.session, wanted, feeds, what)
-            except (InputError, BackendError):
-                if not checks or rebuilt:
-                    raise
-                built, rebuilt = self._built(x, mode, wrt, stale=built, exact_ties=exact_ties), True
-                continue
-            found_shapes = results[len(names):len(names) + len(checks)]
-            moved = [(tensor, shape, tuple(int(d) for d in found))
-                     for (_, tensor, shape), found in zip(checks, found_shapes, strict=True)
-                     if tuple(int(d) for d in found) != shape]
-            if moved:
-                if rebuilt:
-                    raise BackendError(
-                        f"gradsal internal error: the {what} graph of {self._shared.label}, rebuilt at this x, "
-                        f"still finds other shapes than its build ({moved}). Please report this with the model."
-                    )
-                built, rebuilt = self._built(x, mode, wrt, stale=built, exact_ties=exact_ties), True
-                continue
-            if any(bool(flag) for flag in results[len(names) + len(checks):]):
-                with self._shared.lock:
-                    self._shared.exact_ties_for[key] = EXACT_TIES_CALLS
-                exact_ties, rebuilt = True, False
-                built = self._built(x, mode, wrt, exact_ties=True)
-                continue
-            return results[:len(names)]
-        raise AssertionError("unreachable")
+        speculative = self._speculation_allowed(key)
+        results = self._run_valid(x, mode, wrt, seed, what, speculative)
+        if results is not None and any(bool(fired) for fired in results[2:]):  # only a speculative graph has guards
+            with self._shared.lock:
+                self._shared.exact_calls_left[key] = EXACT_CALLS_AFTER_A_GUARD
+            results = self._run_valid(x, mode, wrt, seed, what, speculative=False)
+        return None if results is None else results[:2]
 
-    def _take_exact_turn(self, key: tuple) -> bool:
-        """Whether this call goes straight to the exact-ties graph (a recent call's inputs had ties)."""
+    def _speculation_allowed(self, key: tuple) -> bool:
+        """False while the calls that go straight to the exact graph (a recent call's guard fired) last."""
         with self._shared.lock:
-            left = self._shared.exact_ties_for.get(key, 0)
+            left = self._shared.exact_calls_left.get(key, 0)
             if left:
-                self._shared.exact_ties_for[key] = left - 1
-            return left > 0
+                self._shared.exact_calls_left[key] = left - 1
+            return left == 0
 
-    def _build(self, x: np.ndarray, mode: str, wrt: str | None, exact_ties: bool = False) -> Any:
+    def _run_valid(self, x: np.ndarray, mode: str, wrt: str | None, seed: Any, what: str,
+                   speculative: bool) -> list[np.ndarray] | None:
+        """``[output or activation, result, *guard outputs]`` from a graph valid at ``x``, or None for the fallback.
+
+        A graph with tensors whose shapes vary with the input's values (``shape_checks``) is valid only
+        where they have the shapes of its build: if a run finds others (or fails, or the seed has another
+        shape than the build's output), the graph is rebuilt once at this ``x``.
+        """
+        built = self._built(x, mode, wrt, speculative)
+        results = self._run_checked(built, x, mode, wrt, seed, what, last_try=False)
+        if results is _STALE:
+            built = self._built(x, mode, wrt, speculative, stale=built)
+            results = self._run_checked(built, x, mode, wrt, seed, what, last_try=True)
+        return results  # type: ignore[return-value]
+
+    def _run_checked(self, built: Any, x: np.ndarray, mode: str, wrt: str | None, seed: Any, what: str,
+                     last_try: bool) -> Any:
+        """Run ``built``: its results (outputs, then guards), None for the fallback, or ``_STALE`` when the
+        graph is not valid at ``x`` and may be rebuilt (``last_try``: it was; raise instead)."""
+        if built is _FALLBACK:
+            return None
+        graph = built.graph
+        checks = graph.shape_checks
+        like = "x" if mode == "jvp" else "the model output"
+        names = [graph.wrt_name if wrt is not None else graph.output_name, graph.result_name]
+        try:
+            seed_array = io.check_seed(seed, built.seed_shape, built.seed_dtype,
+                                       "tangent" if mode == "jvp" else "cotangent", like)
+            feeds = {graph.input_name: x, graph.seed_name: seed_array}
+            wanted = [*names, *(check for check, _, _ in checks), *(guard.output for guard in graph.guards)]
+            results = self._run(built.session, wanted, feeds, what)
+        except (InputError, BackendError):
+            if not checks or last_try:
+                raise
+            return _STALE
+        found_shapes = results[len(names):len(names) + len(checks)]
+        moved = [(tensor, shape, tuple(int(d) for d in found))
+                 for (_, tensor, shape), found in zip(checks, found_shapes, strict=True)
+                 if tuple(int(d) for d in found) != shape]
+        if not moved:
+            return [*results[:len(names)], *results[len(names) + len(checks):]]
+        if last_try:
+            raise BackendError(
+                f"gradsal internal error: the {what} graph of {self._shared.label}, rebuilt at this x, "
+                f"still finds other shapes than its build ({moved}). Please report this with the model."
+            )
+        return _STALE
+
+    def _build(self, x: np.ndarray, mode: str, wrt: str | None, speculative: bool) -> Any:
         from ._graph import build_gradient_model
 
         if self._input_dtype.kind != "f" and wrt is None:
@@ -509,7 +524,7 @@ class OnnxBackend:
         try:
             graph = build_gradient_model(
                 self._shared.gradient_proto, shape, input_name=self._input_name, output_name=self._output_name,
-                mode=mode, wrt=wrt, relu_rule=self._relu_rule, probe_input=x, exact_ties=exact_ties,
+                mode=mode, wrt=wrt, relu_rule=self._relu_rule, probe_input=x, speculative=speculative,
             )
         except UnsupportedOperatorError as exc:
             if self._shared.settings["fallback"] != "finite_differences" or wrt is not None:
@@ -694,7 +709,7 @@ def _choose_output(graph: Any, output_name: str | None, explain_logits: bool, la
         node = made_by.get(node.input[0])
     if node is None:
         return first
-    if node.op_type in ("Softmax", "LogSoftmax") and node.domain in ("", "ai.onnx"):
+    if node.op_type in ("Softmax", "LogSoftmax") and edit.is_standard(node):
         logits, head = node.input[0], node.op_type
     else:
         logits, head = softmax_logits(node, graph), "softmax (Exp/ReduceSum/Div)"

@@ -58,7 +58,7 @@ def test_check_fails_with_exit_1_on_a_broken_gradient(monkeypatch: pytest.Monkey
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """In-process (a monkeypatch does not cross a subprocess): Relu's VJP rule returns twice the cotangent."""
     pytest.importorskip("onnx")
-    from gradsal.backends.onnx.rules import elementwise as _elementwise  # registers the real rules first
+    from gradsal.backends.onnx.rules import pointwise as _pointwise  # registers the real rules first
     from gradsal.backends.onnx.rules import registry as _rules
     from gradsal.cli.main import main
 
@@ -72,7 +72,7 @@ def test_check_fails_with_exit_1_on_a_broken_gradient(monkeypatch: pytest.Monkey
 
     assert main(["check", str(ONNX_MODEL)]) == 0  # control: the same check passes with the real rule
     assert "PASSED" in capsys.readouterr().out
-    assert _elementwise.relu_vjp is honest
+    assert _pointwise.relu_vjp is honest
     monkeypatch.setitem(_rules._VJP, "Relu", doubled)
     assert main(["check", str(ONNX_MODEL)]) == 1
     output = capsys.readouterr().out

@@ -80,20 +80,20 @@ def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return copy
 
 
-def _run_graph(model, x, seed, *, mode, input_name, output_name, relu_rule, wrt, level, exact_ties=False):
-    """Build and run the gradient graph; a run that raises a tie flag is redone on the exact-ties graph,
-    as OnnxBackend does."""
+def _run_graph(model, x, seed, *, mode, input_name, output_name, relu_rule, wrt, level, speculative=True):
+    """Build and run the gradient graph; a run where a guard of a speculative form fires is redone on the
+    exact graph, as OnnxBackend does."""
     built = build_gradient_model(
         model, x.shape, input_name=input_name, output_name=output_name, mode=mode, wrt=wrt,
-        relu_rule=relu_rule, exact_ties=exact_ties,
+        relu_rule=relu_rule, speculative=speculative,
     )
     onnx.checker.check_model(built.model, full_check=True)
     session = _session(built.model, level)
     feeds = {built.input_name: x, built.seed_name: seed}
-    results = session.run([built.output_name, built.result_name, *built.tie_flags], feeds)
-    if any(bool(flag) for flag in results[2:]):
+    results = session.run([built.output_name, built.result_name, *(guard.output for guard in built.guards)], feeds)
+    if any(bool(fired) for fired in results[2:]):
         return _run_graph(model, x, seed, mode=mode, input_name=input_name, output_name=output_name,
-                          relu_rule=relu_rule, wrt=wrt, level=level, exact_ties=True)
+                          relu_rule=relu_rule, wrt=wrt, level=level, speculative=False)
     return results[0], results[1]
 
 

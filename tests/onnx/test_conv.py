@@ -1,5 +1,5 @@
 """Property tests of the Conv, ConvTranspose, BatchNormalization and InstanceNormalization rules
-(backends/onnx/_conv.py).
+(backends/onnx/rules/convolution.py, correlation.py and conv.py).
 
 Each test builds a one-node model with random shapes and attributes (groups incl. depthwise, strides,
 dilations, pads, auto_pad, output_padding/output_shape, 1-D to 3-D) and checks its VJP and JVP graphs
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from onnx import helper
 
 from gradsal.backends.onnx._graph import build_gradient_model
-from gradsal.backends.onnx.rules import conv as _conv
+from gradsal.backends.onnx.rules import correlation
 from gradsal.core.errors import UnsupportedOperatorError
 
 F32, F64 = np.float32, np.float64
@@ -117,16 +117,35 @@ STRATEGY_CASES = [
 ]
 
 
-@pytest.mark.parametrize("strategy", ["phase", "spread", "convtranspose"])
+@pytest.mark.parametrize("strategy", ["conv", "convtranspose"])
 @pytest.mark.parametrize("case", STRATEGY_CASES, ids=[f"case{i}" for i in range(len(STRATEGY_CASES))])
-def test_conv_gradient_strategies(strategy, case, monkeypatch):
+def test_conv_gradient_strategies(strategy, case):
     """Every way of writing the input gradient (the benchmark's alternatives too) is exact."""
     _, channels, out_channels, group, kernel, strides, dilations, pads, size = case
-    monkeypatch.setattr(_conv, "CONV_GRAD_STRATEGY", dict.fromkeys(_conv.CONV_GRAD_STRATEGY, strategy))
     x = normal(3, [1, channels, *size])
     weight = normal(4, [out_channels, channels // group, *kernel])
     attrs = dict(kernel_shape=kernel, strides=strides, dilations=dilations, pads=pads, group=group)
-    check([node("Conv", ["x", "W"], **attrs)], {"x": x}, initializers={"W": weight})
+    with correlation.forced(conv=strategy):
+        check([node("Conv", ["x", "W"], **attrs)], {"x": x}, initializers={"W": weight})
+
+
+@pytest.mark.parametrize(("strides", "group", "channels", "expected"), [
+    ([1, 1], 1, 16, "conv"), ([1, 1], 2, 16, "conv"), ([1, 1], 16, 16, "conv"),
+    ([2, 2], 16, 16, "conv"), ([2, 1], 16, 16, "conv"),  # depthwise: zero spread + flipped kernel
+    ([2, 2], 1, 16, "convtranspose"), ([2, 2], 2, 16, "convtranspose"),
+    ([1, 1], 1, 3, "convtranspose"), ([2, 2], 1, 3, "convtranspose"),  # an RGB stem
+])
+def test_conv_input_strategy_is_chosen_from_the_geometry(strides, group, channels, expected):
+    """The measured choice, as a pure function of the layer; ``forced`` overrides it within its block only."""
+    from gradsal.backends.onnx.rules.windows import Axis
+
+    axes = [Axis(8, 8 // s, 3, s, 1, 1) for s in strides]
+    depthwise = group == channels and group > 1
+    assert correlation.conv_input_strategy(axes, group, channels, depthwise) == expected
+    other = "conv" if expected == "convtranspose" else "convtranspose"
+    with correlation.forced(conv=other):
+        assert correlation.conv_input_strategy(axes, group, channels, depthwise) == other
+    assert correlation.conv_input_strategy(axes, group, channels, depthwise) == expected
 
 
 @given(data=st.data())

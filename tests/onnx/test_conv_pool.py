@@ -1,5 +1,5 @@
 """Property tests of the pooling rules (MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool) in
-backends/onnx/_conv.py.
+backends/onnx/rules/pooling.py.
 
 Models are checked with ``assert_gradients_match`` (central finite differences of the original model
 in onnxruntime, and <J u, v> = <u, J^T v>). MaxPool runs in float64 on inputs without ties (a scaled
@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from onnx import helper
 
-from gradsal.backends.onnx.rules import conv as _conv
+from gradsal.backends.onnx.rules import correlation
 
 F32, F64 = np.float32, np.float64
 
@@ -141,10 +141,27 @@ def _flags_raised(model, x, v) -> bool:
     from gradsal.backends.onnx._graph import build_gradient_model
 
     built = build_gradient_model(model, x.shape, input_name="x", output_name="y")
-    assert built.tie_flags, "a float32 max pool that tiles its input takes the mask form"
+    assert built.guards, "a float32 max pool that tiles its input takes the mask form"
     session = _session(built.model, GraphOptimizationLevel.ORT_ENABLE_ALL)
-    flags = session.run(list(built.tie_flags), {built.input_name: x, built.seed_name: v})
+    flags = session.run([guard.output for guard in built.guards], {built.input_name: x, built.seed_name: v})
     return any(bool(f) for f in flags)
+
+
+def test_tiled_max_pool_speculates_only_when_allowed():
+    """The speculative graph holds the mask form and lists its guard; the exact one reads the Indices
+    (MaxUnpool) and has no guard."""
+    from gradsal.backends.onnx._graph import build_gradient_model
+
+    x = np.random.default_rng(5).permutation(2 * 3 * 4 * 6).reshape(2, 3, 4, 6).astype(F32)
+    model = _tiled_pool(x, [2, 2])
+    speculative = build_gradient_model(model, x.shape, input_name="x", output_name="y")
+    exact = build_gradient_model(model, x.shape, input_name="x", output_name="y", speculative=False)
+    assert len(speculative.guards) == 1 and speculative.guards[0].why
+    assert exact.guards == ()
+    graph_outputs = {o.name for o in speculative.model.graph.output}
+    assert speculative.guards[0].output in graph_outputs
+    assert "MaxUnpool" in {n.op_type for n in exact.model.graph.node}
+    assert "MaxUnpool" not in {n.op_type for n in speculative.model.graph.node}
 
 
 @pytest.mark.parametrize("kernel", [[2, 2], [2, 1], [3, 2]])
@@ -240,12 +257,12 @@ AVERAGE_POOL_CASES = [
 
 @pytest.mark.parametrize("strategy", ["transpose", "conv"])
 @pytest.mark.parametrize("attrs", AVERAGE_POOL_CASES, ids=[f"case{i}" for i in range(len(AVERAGE_POOL_CASES))])
-def test_average_pool_strategies(strategy, attrs, monkeypatch):
+def test_average_pool_strategies(strategy, attrs):
     """Both ways of writing the window-sum adjoint (the benchmark's alternative too) are exact."""
-    monkeypatch.setattr(_conv, "POOL_GRAD_STRATEGY", dict.fromkeys(_conv.POOL_GRAD_STRATEGY, strategy))
     spatial = [7] * len(attrs["kernel_shape"])
     x = np.random.default_rng(3).standard_normal([2, 3, *spatial]).astype(F32)
-    check([node("AveragePool", ["x"], **attrs)], x)
+    with correlation.forced(window_sum=strategy):
+        check([node("AveragePool", ["x"], **attrs)], x)
 
 
 @pytest.mark.parametrize("opset", [13, 17])
@@ -284,23 +301,38 @@ def test_tiled_max_pool_with_an_infinite_maximum_takes_the_indices():
 
 
 def test_backend_goes_straight_to_the_exact_graph_for_a_while_after_a_tie(monkeypatch):
-    """Inputs with flat regions tie on every call: after a raised flag the next calls at that shape skip the
-    mask graph (EXACT_TIES_CALLS of them), then it is tried again; results are exact throughout."""
-    from gradsal.backends.onnx import OnnxBackend
-    from gradsal.backends.onnx import backend as backend_module
+    """Inputs with flat regions tie on every call: after a guard fired, the next calls at that shape skip the
+    speculative (mask) graph, EXACT_CALLS_AFTER_A_GUARD of them, then it is tried again; results are exact
+    throughout. Which graph each call runs is read off the sessions onnxruntime is asked to run."""
+    import onnxruntime
 
-    monkeypatch.setattr(backend_module, "EXACT_TIES_CALLS", 2)
+    from gradsal.backends.onnx import OnnxBackend
+    from gradsal.backends.onnx._graph import RESULT_NAME
+    from gradsal.backends.onnx.backend import EXACT_CALLS_AFTER_A_GUARD
+
+    runs: list[str] = []
+    original_run = onnxruntime.InferenceSession.run
+
+    def spying_run(session, output_names, *args, **kwargs):
+        if RESULT_NAME in (output_names or []):  # a gradient graph, not a probe
+            guards = {o.name for o in session.get_outputs() if o.type == "tensor(bool)"}
+            runs.append("speculative" if guards & set(output_names) else "exact")
+        return original_run(session, output_names, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", spying_run)
     rng = np.random.default_rng(3)
     tied = (np.round(rng.random((1, 2, 4, 4)) * 2) / 2).astype(F32)
     untied = rng.permutation(32).reshape(1, 2, 4, 4).astype(F32)
     backend = OnnxBackend(_tiled_pool(tied, [2, 2]))
     v = rng.standard_normal((1, 2, 2, 2)).astype(F32)
-    key = (tied.shape, "vjp", None, "standard")
-    runs = []
-    for x, left_after in ((tied, 2), (untied, 1), (untied, 0), (untied, 0)):
-        runs.append(backend.vjp(x, v)[1])
-        assert backend._shared.exact_ties_for.get(key, 0) == left_after
-        np.testing.assert_array_equal(runs[-1], first_maximum_gradient(x, v, [2, 2], [2, 2], [0, 0, 0, 0]))
+    calls = [tied, *[untied] * (EXACT_CALLS_AFTER_A_GUARD + 1), tied, untied]
+    graphs_run = []
+    for x in calls:
+        runs.clear()
+        np.testing.assert_array_equal(backend.vjp(x, v)[1], first_maximum_gradient(x, v, [2, 2], [2, 2], [0, 0, 0, 0]))
+        graphs_run.append(list(runs))
+    assert graphs_run == [["speculative", "exact"], *[["exact"]] * EXACT_CALLS_AFTER_A_GUARD, ["speculative"],
+                          ["speculative", "exact"], ["exact"]]
 
 
 @given(data=st.data())

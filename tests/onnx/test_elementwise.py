@@ -1,5 +1,5 @@
 """Property tests of the elementwise, activation, Softmax, LayerNormalization, MatMul/Gemm, Where, Cast,
-Dropout and variadic rules (backends/onnx/_elementwise.py).
+Dropout and variadic rules (backends/onnx/rules: pointwise, arithmetic, softmax, normalisation, matmul).
 
 Each test builds a one- or few-node model with random shapes and attributes and checks its VJP and JVP
 graphs with ``assert_gradients_match``: central finite differences of the ORIGINAL model run by
@@ -259,11 +259,11 @@ def test_relu6_mask_is_exact_at_both_bounds(high, level):
     subnormal (the three-pass form's steep step gives a fraction below 1e-30, as documented)."""
     import onnxruntime as ort
 
-    from gradsal.backends.onnx.rules.elementwise import _box_step_is_exact
+    from gradsal.backends.onnx.rules.forms import box_step_is_exact
 
     below_high = np.nextafter(np.float32(high), np.float32(0))
     above_high = np.nextafter(np.float32(high), np.float32(np.inf))
-    tiny = np.nextafter(np.float32(0), np.float32(1)) if _box_step_is_exact(high) else np.float32(1e-20)
+    tiny = np.nextafter(np.float32(0), np.float32(1)) if box_step_is_exact(high) else np.float32(1e-20)
     special = np.array([-1.0, -tiny, 0.0, tiny, 1e-30, 0.5, below_high, high, above_high, 2 * high],
                        np.float32)
     channels = 8

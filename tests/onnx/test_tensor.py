@@ -1,7 +1,7 @@
-"""Property tests of the shape-operator rules (backends/onnx/_tensor.py): Reshape, Flatten, Transpose,
-Squeeze, Unsqueeze, Concat, Split, Slice, Expand, Tile, DepthToSpace and SpaceToDepth, at the opsets whose
-semantics (or the form of the nodes the rules emit) differ; and a Paddle-style shape-arithmetic model with
-a symbolic batch dimension, differentiated at two batch sizes.
+"""Property tests of the shape-operator rules (backends/onnx/rules/shape.py; Slice in rules/indexing.py):
+Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Expand, Tile, DepthToSpace and
+SpaceToDepth, at the opsets whose semantics (or the form of the nodes the rules emit) differ; and a
+Paddle-style shape-arithmetic model with a symbolic batch dimension, differentiated at two batch sizes.
 
 Each test builds a one- or few-node float64 model with random shapes and attributes and checks its VJP and
 JVP graphs with ``assert_gradients_match``: central finite differences of the ORIGINAL model run by
@@ -11,6 +11,7 @@ so any finite values will do.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -22,6 +23,7 @@ from hypothesis.extra import numpy as hnp
 from onnx import helper
 
 from gradsal.backends.onnx._graph import build_gradient_model
+from gradsal.backends.onnx.rules import forms
 from gradsal.core.errors import UnsupportedOperatorError
 
 INT64_MAX = np.iinfo(np.int64).max
@@ -261,14 +263,32 @@ def test_slice(opset, data):
     (5, 7, [0, 1], 2),   # the blocks overhang the input: the last one is cropped
     (7, 6, [2, -1], 3),  # a negative start, step 3
 ])
-def test_slice_strided_spatial_adjoint_is_dense(opset, height, width, starts, step):
-    """Strided slices of both spatial axes: the adjoint is Reshape/Pad/DepthToSpace, no scatter."""
+@pytest.mark.parametrize("plain", [False, True])
+def test_slice_strided_spatial_adjoint_is_dense(opset, height, width, starts, step, plain):
+    """Strided slices of both spatial axes: the adjoint is Reshape/Pad/DepthToSpace (Reshape/Pad in the
+    plain form), no scatter."""
     x = np.random.default_rng(0).standard_normal((2, 3, height, width))
     inits = {"s": ints(starts), "e": ints([INT64_MAX, INT64_MAX]), "a": ints([2, 3]), "k": ints([step, step])}
     nodes = [node("Slice", ["x", "s", "e", "a", "k"])]
-    ops = built_ops(nodes, x, initializers=inits, opset=opset)
-    assert set(ops) <= {"Reshape", "Pad", "DepthToSpace", "Slice"}, ops
-    check(nodes, x, initializers=inits, opset=opset)
+    with forms.plain() if plain else contextlib.nullcontext():
+        ops = built_ops(nodes, x, initializers=inits, opset=opset)
+        assert set(ops) <= ({"Reshape", "Pad", "Slice"} if plain else {"Reshape", "Pad", "DepthToSpace", "Slice"})
+        check(nodes, x, initializers=inits, opset=opset)
+
+
+def test_slice_strided_spatial_adjoint_fast_form_equals_plain_form():
+    """The DepthToSpace spelling moves the cotangent's values to the same places as the Pad spelling."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 9, 8)).astype(np.float32)
+    inits = {"s": ints([1, 2]), "e": ints([INT64_MAX, INT64_MAX]), "a": ints([2, 3]), "k": ints([3, 3])}
+    model = make_model([node("Slice", ["x", "s", "e", "a", "k"])], {"x": x}, ["y"], initializers=inits)
+    v = np.random.default_rng(2).standard_normal((2, 3, 3, 2)).astype(np.float32)
+    _, fast = run_vjp(model, x, v)
+    with forms.plain():
+        assert "DepthToSpace" not in built_ops(model.graph.node, x, initializers=inits)
+        _, plain = run_vjp(model, x, v)
+    assert "DepthToSpace" in built_ops(model.graph.node, x, initializers=inits)
+    np.testing.assert_array_equal(fast, plain)
+    assert np.count_nonzero(plain) == v.size  # each cotangent value lands once, zeros around it
 
 
 # ---------------------------------------------------------------------------------------- Expand, Tile

@@ -1,4 +1,4 @@
-"""Property tests of the Gather and GatherElements rules (backends/onnx/_tensor.py).
+"""Property tests of the Gather and GatherElements rules (backends/onnx/rules/indexing.py).
 
 Indices come from initializers (constant at a given shape: one index, a contiguous run, distinct,
 repeated, negative) or from the input's values (ArgMax of x, so that they change with the data); the rule

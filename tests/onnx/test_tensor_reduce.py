@@ -1,4 +1,4 @@
-"""Property tests of the reduction rules (backends/onnx/_tensor.py): ReduceSum, ReduceMean, ReduceMax,
+"""Property tests of the reduction rules (backends/onnx/rules/reductions.py): ReduceSum, ReduceMean, ReduceMax,
 ReduceMin, ReduceSumSquare, ReduceL2, ReduceL1, ReduceLogSum and ReduceLogSumExp with random axes
 (negative, empty, omitted), keepdims and noop_with_empty_axes, at opsets 11 (axes attribute everywhere),
 13 (ReduceSum takes axes as an input) and 18 (all of them do).

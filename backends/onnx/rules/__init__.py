@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("elementwise", "conv", "tensor", "losses", "lstm")
+FAMILIES = (
+    "pointwise", "arithmetic", "matmul", "softmax", "normalisation",
+    "convolution", "pooling", "padding", "resizing",
+    "shape", "indexing", "reductions", "losses", "lstm",
+)
 
 
 def load() -> None:

@@ -58,6 +58,11 @@ def constant(ctx: RuleContext, node: NodeProto, name: str, what: str) -> np.ndar
     return np.asarray(value)
 
 
+def positive_axis(axis: int, rank: int) -> int:
+    """An axis attribute counted from the front (ONNX lets a negative axis count from the back)."""
+    return axis + rank if axis < 0 else axis
+
+
 def padded(values: Sequence[str | None], length: int) -> Names:
     """``values`` followed by None (no gradient) up to ``length`` entries."""
     return [*values, *[None] * (length - len(values))]
@@ -101,9 +106,13 @@ def scalar(ctx: RuleContext, value: float, like: str) -> str:
     return ctx.const(float(value), like=like)
 
 
-def cast(ctx: RuleContext, name: str, to: int) -> str:
-    """``name`` as element type ``to``; nothing is emitted when it already is."""
-    return name if elem_type(ctx, name) == to else ctx.emit1("Cast", [name], to=to)
+def cast(ctx: RuleContext, name: str, to: int, from_elem: int | None = None) -> str:
+    """``name`` as element type ``to``; nothing is emitted when it already is.
+
+    ``from_elem``: the type ``name`` has, for a cotangent or tangent, which the context does not type.
+    """
+    source = elem_type(ctx, name) if from_elem is None else from_elem
+    return name if source == to else ctx.emit1("Cast", [name], to=to)
 
 
 def mask(ctx: RuleContext, condition: str, like: str) -> str:

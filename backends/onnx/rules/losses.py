@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import emit
 from .registry import RuleContext, jvp_rule, vjp_rule
 
 if TYPE_CHECKING:
     from onnx import NodeProto
 
-Names = list[str | None]
+Names = emit.Names
 
 
 class _Parts:
@@ -38,17 +39,15 @@ class _Parts:
         self.batch_shape = (self.x_shape[0], *self.x_shape[2:])
         self.reduction = str(ctx.attr(node, "reduction", "mean"))
         ignore = ctx.attr(node, "ignore_index", None)
-        float_elem = _elem(ctx, x)
         if ignore is None:
             safe, self.mask = target, None
         else:
             ignored = ctx.emit1("Equal", [target, ctx.const(np.array(ignore, dtype=ctx.dtype(target)))])
             safe = ctx.emit1("Where", [ignored, ctx.const(np.array(0, dtype=ctx.dtype(target))), target])
-            self.mask = ctx.emit1("Cast", [ctx.emit1("Not", [ignored])], to=float_elem)
+            self.mask = emit.mask(ctx, ctx.emit1("Not", [ignored]), x)
         self.safe_target = safe
         classes = np.arange(self.x_shape[1], dtype=ctx.dtype(target)).reshape(1, -1, *[1] * (len(self.x_shape) - 2))
-        per_class = ctx.emit1("Reshape", [safe, ctx.const([self.x_shape[0], 1, *self.x_shape[2:]])])
-        self.one_hot = ctx.emit1("Cast", [ctx.emit1("Equal", [per_class, ctx.const(classes)])], to=float_elem)
+        self.one_hot = emit.mask(ctx, ctx.emit1("Equal", [self.per_class(ctx, safe), ctx.const(classes)]), x)
         gathered = ctx.emit1("Gather", [self.weight, safe], axis=0) if self.weight else None
         # w[t] m: the weight of each element (1 without weights), 0 where ignored
         if gathered is not None and self.mask is not None:
@@ -66,23 +65,11 @@ class _Parts:
 
     def picked(self, ctx: RuleContext, name: str) -> str:
         """``name[n, t[n, d], d]``: the one-hot-weighted sum over the class axis."""
-        return _reduce(ctx, ctx.emit1("Mul", [self.one_hot, name]), [1])
-
-
-def _elem(ctx: RuleContext, name: str) -> int:
-    from onnx import helper
-
-    return int(helper.np_dtype_to_tensor_dtype(np.dtype(ctx.dtype(name))))
-
-
-def _reduce(ctx: RuleContext, name: str, axes: list[int]) -> str:
-    if ctx.opset >= 13:
-        return ctx.emit1("ReduceSum", [name, ctx.const(axes)], keepdims=0)
-    return ctx.emit1("ReduceSum", [name], axes=axes, keepdims=0)
+        return emit.reduce_sum(ctx, ctx.emit1("Mul", [self.one_hot, name]), [1], keepdims=0)
 
 
 def _sum_all(ctx: RuleContext, name: str, rank: int) -> str:
-    return _reduce(ctx, name, list(range(rank)))
+    return emit.reduce_sum(ctx, name, list(range(rank)), keepdims=0)
 
 
 def _loss_vjp(ctx: RuleContext, parts: _Parts, g: str, x: str, loss: str, wants_x: bool,
@@ -103,7 +90,7 @@ def _loss_vjp(ctx: RuleContext, parts: _Parts, g: str, x: str, loss: str, wants_
         if parts.mask is not None:
             contribution = ctx.emit1("Mul", [contribution, parts.mask])
         spread = ctx.emit1("Mul", [parts.one_hot, parts.per_class(ctx, contribution)])
-        grad_w = _reduce(ctx, spread, [0, *range(2, len(parts.x_shape))])
+        grad_w = emit.reduce_sum(ctx, spread, [0, *range(2, len(parts.x_shape))], keepdims=0)
     return grad_x, grad_w
 
 
@@ -121,7 +108,7 @@ def _loss_jvp(ctx: RuleContext, parts: _Parts, x: str, loss: str, x_tangent: str
         terms.append(ctx.emit1("Mul", [ctx.emit1("Neg", [parts.picked(ctx, x)]), weight_tangent]))
     if not terms:
         return None
-    total = terms[0] if len(terms) == 1 else ctx.emit1("Add", terms)
+    total = emit.total(ctx, terms)
     rank = len(parts.batch_shape)
     if parts.reduction == "none":
         return total
@@ -140,9 +127,7 @@ def _weight_tangent(tangents: Names) -> str | None:
 
 @vjp_rule("NegativeLogLikelihoodLoss", differentiable=(0, 2))
 def nll_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
-    result: Names = [None] * len(node.input)
-    if grads[0] is None:
-        return result
+    result = emit.nothing(node)
     parts = _Parts(ctx, node)
     wants_weight = parts.weight is not None and ctx.needs_grad(parts.weight)
     result[0], grad_w = _loss_vjp(ctx, parts, grads[0], node.input[0], node.output[0],
@@ -165,23 +150,16 @@ def _log_probabilities(ctx: RuleContext, node: NodeProto) -> str:
     if len(node.output) > 1 and node.output[1]:
         return node.output[1]
     scores = node.input[0]
-    top = _reduce_keep(ctx, "ReduceMax", scores, 18)
-    shifted = ctx.emit1("Sub", [scores, top])
-    total = _reduce_keep(ctx, "ReduceSum", ctx.emit1("Exp", [shifted]), 13)
+    shifted = ctx.emit1("Sub", [scores, emit.reduce(ctx, "ReduceMax", scores, [1])])
+    total = emit.reduce_sum(ctx, ctx.emit1("Exp", [shifted]), [1])
     return ctx.emit1("Sub", [shifted, ctx.emit1("Log", [total])])
-
-
-def _reduce_keep(ctx: RuleContext, op: str, name: str, axes_as_input_from: int) -> str:
-    if ctx.opset >= axes_as_input_from:
-        return ctx.emit1(op, [name, ctx.const([1])], keepdims=1)
-    return ctx.emit1(op, [name], axes=[1], keepdims=1)
 
 
 @vjp_rule("SoftmaxCrossEntropyLoss", differentiable=(0, 2))
 def softmax_cross_entropy_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
     """The NLL of log_softmax(scores): d/dscores = h - softmax sum_c h, h the cotangent of the log-probabilities
     (from the loss, plus the log_prob output's own)."""
-    result: Names = [None] * len(node.input)
+    result = emit.nothing(node)
     parts = _Parts(ctx, node)
     log_prob = _log_probabilities(ctx, node)
     wants_weight = parts.weight is not None and ctx.needs_grad(parts.weight)
@@ -190,9 +168,9 @@ def softmax_cross_entropy_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -
     extra = grads[1] if len(grads) > 1 else None
     h = [t for t in (from_loss, extra) if t is not None]
     if h and ctx.needs_grad(node.input[0]):
-        total = h[0] if len(h) == 1 else ctx.emit1("Add", h)
+        total = emit.total(ctx, h)
         softmax = ctx.emit1("Exp", [log_prob])
-        result[0] = ctx.emit1("Sub", [total, ctx.emit1("Mul", [softmax, _reduce_keep(ctx, "ReduceSum", total, 13)])])
+        result[0] = ctx.emit1("Sub", [total, ctx.emit1("Mul", [softmax, emit.reduce_sum(ctx, total, [1])])])
     if wants_weight and grad_w is not None:
         result[2] = grad_w
     return result
@@ -205,7 +183,7 @@ def softmax_cross_entropy_jvp(ctx: RuleContext, node: NodeProto, tangents: Names
     lp_tangent = None
     if tangents[0] is not None:  # d log_softmax = ds - sum_c softmax ds
         softmax = ctx.emit1("Exp", [log_prob])
-        mixed = _reduce_keep(ctx, "ReduceSum", ctx.emit1("Mul", [softmax, tangents[0]]), 13)
+        mixed = emit.reduce_sum(ctx, ctx.emit1("Mul", [softmax, tangents[0]]), [1])
         lp_tangent = ctx.emit1("Sub", [tangents[0], mixed])
     loss = _loss_jvp(ctx, parts, log_prob, node.output[0], lp_tangent, _weight_tangent(tangents))
     return [loss, lp_tangent][:len(node.output)]

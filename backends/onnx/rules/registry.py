@@ -117,18 +117,16 @@ class RuleContext(Protocol):
         """The value of attribute ``name`` of ``node`` (strings decoded, lists as lists), or ``default``."""
 
     def producer(self, name: str) -> NodeProto | None:
-        """The model node that computes the primal ``name`` (None for inputs and initializers)."""
+        """The model node whose VJP the cotangent of the primal ``name`` flows into: the node computing it,
+        or None for the tensor differentiated with respect to (``wrt`` or the input) and for initializers."""
 
-    def is_source(self, name: str) -> bool:
-        """True if ``name`` is the tensor being differentiated with respect to (``wrt`` or the input)."""
+    speculative: bool
+    """True (the first build): a rule may emit a form that is exact only under a condition, checked at run
+    time by a :meth:`guard`; False: the exact graph, built for a run where a guard fired."""
 
-    exact_ties: bool
-    """False (the first build): a rule may emit a faster form that is exact only without ties, flagging
-    them with :meth:`flag_ties`; True: the rebuild used for a run where a flag was raised."""
-
-    def flag_ties(self, flag: str) -> None:
-        """Make the boolean scalar ``flag`` a graph output: when it is true the run is redone on the
-        ``exact_ties`` graph."""
+    def guard(self, flag: str, why: str) -> None:
+        """Make the boolean scalar ``flag`` a graph output that is true where the speculative form just
+        emitted is not exact (``why`` says when); such a run is redone on the exact graph."""
 
 
 VjpRule = Callable[[RuleContext, NodeProto, list[str | None]], list[str | None]]
@@ -154,7 +152,7 @@ RANDOM_OPS = frozenset({
 # differentiated path silently, because their outputs' values are no differentiable function of their
 # inputs' values (Shape and EyeLike read only a shape; ConstantOfShape's fill is a constant, its shape an
 # integer; random draws are not functions at all). Range is not here: its values, start + i delta, are
-# differentiable in start and delta (it has a rule, in ``_tensor``). An output of these operators may
+# differentiable in start and delta (it has a rule, in ``indexing``). An output of these operators may
 # still *vary* with the input's values (ConstantOfShape of a shape computed from them): the builder
 # never reads such a tensor as a constant (see ``_graph._dependence``).
 SHAPE_ONLY_OPS = frozenset({"Shape", "Size", "Constant", "ConstantOfShape", "EyeLike"}) | RANDOM_OPS
