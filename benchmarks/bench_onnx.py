@@ -2,8 +2,8 @@
 
 For each model family in ``gradsal.reference_models.architectures`` (ResNet-, MobileNet-, OCR- and
 detector-style, random weights, small inputs; plus the full-size MobileNetV2 at 224x224, and ResNet-50 on
-request; and ``ocr_lstm``, a CNN + stacked bidirectional LSTM text recogniser defined here, whose LSTMs
-gradsal unrolls), exported from torch at opset 17, one run measures on the CPU with the same thread count
+request; and ``ocr_lstm``, a CNN + stacked bidirectional LSTM text recogniser defined here, whose fused
+LSTM nodes have their own rule), exported from torch at opset 17, one run measures on the CPU with the same thread count
 everywhere:
 
 - the plain onnxruntime forward (ORT_ENABLE_ALL);
@@ -17,7 +17,9 @@ everywhere:
 
 - with ``--interleaved R``: the ratio of the fastest of R runs of the forward and of the VJP, taking
   turns in blocks of 4 whose first run is not timed (steadier than the medians on a shared machine; see
-  ``interleaved_min_ms``); ``--skip-peers`` leaves out everything else;
+  ``interleaved_min_ms``); for ``ocr_lstm`` also the VJP with every LSTM unrolled into standard operators
+  (the form peepholes or short sequences take), in the same turns; ``--skip-peers`` leaves out everything
+  else;
 - with ``--stacking``: SmoothGrad(50) of one image against one VJP of a batch of 50 (the samples are
   stacked along the batch axis; the ratio should be about 1).
 
@@ -182,10 +184,16 @@ def bench_family(name: str, args: argparse.Namespace, folder: Path) -> dict:
     row["gradsal_ms"] = median_ms(lambda: backend.vjp(x, cotangent), args.repeats)
     row["gradsal_ratio"] = row["gradsal_ms"] / row["forward_ms"]
     if args.interleaved:
-        fastest = interleaved_min_ms([lambda: forward.run(None, {"input": x}), lambda: backend.vjp(x, cotangent)],
-                                     args.interleaved)
-        row["interleaved_forward_ms"], row["interleaved_gradsal_ms"] = fastest
+        runs = [lambda: forward.run(None, {"input": x}), lambda: backend.vjp(x, cotangent)]
+        if name in RECURRENT:  # the general unrolling beside the fused LSTM's rule, in the same session
+            unrolled = unrolled_lstm_backend(path, x, cotangent, args.threads)
+            runs.append(lambda: unrolled.vjp(x, cotangent))
+        fastest = interleaved_min_ms(runs, args.interleaved)
+        row["interleaved_forward_ms"], row["interleaved_gradsal_ms"] = fastest[:2]
         row["interleaved_ratio"] = fastest[1] / fastest[0]
+        if name in RECURRENT:
+            row["interleaved_unrolled_ms"] = fastest[2]
+            row["interleaved_unrolled_ratio"] = fastest[2] / fastest[0]
     if args.skip_peers:
         return row
     model = onnx.load(str(path))
@@ -216,6 +224,22 @@ def bench_family(name: str, args: argparse.Namespace, folder: Path) -> dict:
     if args.stacking:
         row["stacking"] = bench_stacking(name, args, folder)
     return row
+
+
+def unrolled_lstm_backend(path: Path, x: np.ndarray, cotangent: np.ndarray, threads: int):
+    """An OnnxBackend whose gradient graph unrolls every LSTM into standard operators (the general form,
+    which peepholes and short sequences take), built here by its first VJP, for comparison."""
+    from gradsal.backends.onnx import OnnxBackend
+    from gradsal.backends.onnx.rules import lstm
+
+    backend = OnnxBackend(str(path), session_options=session_options(threads))
+    kept = lstm.batched_form_problem
+    lstm.batched_form_problem = lambda *args: "unrolled for comparison"
+    try:
+        backend.vjp(x, cotangent)
+    finally:
+        lstm.batched_form_problem = kept
+    return backend
 
 
 def bench_onnx_ad(model, x: np.ndarray, cotangent: np.ndarray, args: argparse.Namespace) -> dict:
@@ -290,6 +314,9 @@ def markdown(rows: list[dict]) -> str:
                                                          "interleaved_ratio")]
             lines.append(f"| {r['model']} | {r['nodes']} | {r['forward_ms']:.2f} ms | {r['gradsal_ms']:.2f} ms | "
                          f"{r['gradsal_ratio']:.2f}x | {fastest[0]:.2f} ms | {fastest[1]:.2f} ms | {fastest[2]:.2f}x |")
+            if "interleaved_unrolled_ms" in r:
+                lines.append(f"| {r['model']}, every LSTM unrolled | | | | | {fastest[0]:.2f} ms | "
+                             f"{r['interleaved_unrolled_ms']:.2f} ms | {r['interleaved_unrolled_ratio']:.2f}x |")
         return "\n".join(lines)
     lines = [
         "| model | nodes | ORT forward | gradsal VJP | ratio | onnx-ad VJP | ratio | torch autograd | gradsal/torch "

@@ -13,6 +13,8 @@ it with respect to the input, the initial states and the weights. Both direction
 constant ``sequence_lens`` (a step past a sequence's end keeps its states and outputs 0) are covered. Other
 activations, ``clip``, ``input_forget`` and ``layout=1`` are refused where the node is on the path.
 The forward pass the caller sees (``OnnxBackend.forward``) still runs onnxruntime's own LSTM kernel.
+An LSTM of the common form (default activations, no peepholes, every sequence running to the end) is not
+unrolled: it stays fused, and its own rule (``rules/lstm.py``) batches all but the recurrence over time.
 """
 
 from __future__ import annotations
@@ -261,6 +263,8 @@ def unroll_recurrent(model: Any, shapes: dict[str, tuple[int, ...]], values: dic
 
     if not any(node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx") for node in model.graph.node):
         return None
+    from .rules.lstm import batched_form_problem
+
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     nodes = []
@@ -276,6 +280,9 @@ def unroll_recurrent(model: Any, shapes: dict[str, tuple[int, ...]], values: dic
                 f"explained output, but {why}. Pass OnnxBackend(..., fallback='finite_differences') to "
                 "differentiate it numerically."
             )
+        if node.op_type == "LSTM" and batched_form_problem(node, values.get, shapes[node.input[0]][0]) is None:
+            nodes.append(node)  # kept fused: its rule steps only the recurrence (rules/lstm.py)
+            continue
         dtype = np.dtype(dtypes.get(node.input[0], np.float32))
         unrolled, initializers = unroll(node, shapes, values, taken, dtype, opset)
         nodes.extend(unrolled)
