@@ -323,3 +323,7 @@ def test_blocked_cotangent_is_the_identity():
     assert fast.ops["AveragePool"] == plain.ops["AveragePool"] + 1
     np.testing.assert_array_equal(fast.gradient, plain.gradient)
     np.testing.assert_array_equal(fast.output, plain.output)
+    # from a Conv's VJP the cotangent is blocked already: no handoff
+    direct = between_convs([node("MaxPool", ["a"], ["b"], kernel_shape=[2, 2], strides=[2, 2])], x_shape=x.shape)
+    fast, plain = fast_and_plain(direct, x, cotangent(tuple(pooled)))
+    assert fast.ops["AveragePool"] == plain.ops["AveragePool"]
