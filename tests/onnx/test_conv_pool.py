@@ -200,6 +200,23 @@ def test_tiled_max_pool_after_relu_ignores_ties_among_zeros():
     np.testing.assert_array_equal(g, expected)
 
 
+def test_tiled_max_pool_after_relu_flags_ties_among_positive_values():
+    """Relu -> MaxPool with zero windows beside one window whose two largest inputs are equal and positive:
+    the tie among positives raises the flag (the zero windows do not hide it), and the backend's answer is
+    the argmax rule's."""
+    from gradsal.backends.onnx import OnnxBackend
+
+    rng = np.random.default_rng(2)
+    shape = (2, 4, 8, 8)
+    x = (rng.permutation(np.prod(shape)).reshape(shape) - 0.7 * np.prod(shape)).astype(F32)
+    x[0, 1, 2:4, 4:6] = [[-1.0, 5000.0], [5000.0, 3.0]]  # one window, two equal positive maxima
+    model = _tiled_pool(x, [2, 2], relu=True)
+    v = rng.standard_normal((2, 4, 4, 4)).astype(F32)
+    assert _flags_raised(model, x, v)
+    expected = first_maximum_gradient(np.maximum(x, 0), v, [2, 2], [2, 2], [0, 0, 0, 0]) * (x > 0)
+    np.testing.assert_array_equal(OnnxBackend(model).vjp(x, v)[1], expected)
+
+
 # -------------------------------------------------------------------------------------- AveragePool
 
 

@@ -308,3 +308,22 @@ def test_max_pool_mask_marks_each_window_maximum():
     expected = spread.reshape(x.shape)
     np.testing.assert_array_equal(fast.gradient, expected)
     np.testing.assert_array_equal(plain.gradient, expected)
+
+
+def test_blocked_cotangent_is_the_identity():
+    """The max-pool mask's cotangent, arriving through Reshapes as in a CNN + sequence model, handed to the
+    blocked layout by a 1x1 AveragePool (fast) or left as it is (plain): the same gradient bit for bit."""
+    x = np.random.default_rng(4).permutation(2 * CHANNELS * 4 * 6).reshape(2, CHANNELS, 4, 6).astype(F32) / 7
+    pooled = [2, CHANNELS, 2, 3]
+    model = between_convs([node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+                           node("Reshape", ["p", "flat"], ["q"]), node("Reshape", ["q", "pooled"], ["b"])],
+                          initializers={"flat": np.array([2, -1], np.int64), "pooled": np.array(pooled, np.int64)},
+                          x_shape=x.shape)
+    fast, plain = fast_and_plain(model, x, cotangent(tuple(pooled)))
+    assert fast.ops["AveragePool"] == plain.ops["AveragePool"] + 1
+    np.testing.assert_array_equal(fast.gradient, plain.gradient)
+    np.testing.assert_array_equal(fast.output, plain.output)
+    # from a Conv's VJP the cotangent is blocked already: no handoff
+    direct = between_convs([node("MaxPool", ["a"], ["b"], kernel_shape=[2, 2], strides=[2, 2])], x_shape=x.shape)
+    fast, plain = fast_and_plain(direct, x, cotangent(tuple(pooled)))
+    assert fast.ops["AveragePool"] == plain.ops["AveragePool"]

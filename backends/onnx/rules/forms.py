@@ -167,6 +167,22 @@ def at_top(ctx: RuleContext, gap: str) -> str:
     return emit.mask(ctx, ctx.emit1("Not", [below]), gap)
 
 
+def blocked(ctx: RuleContext, g: str, like: str) -> str:
+    """``g`` (shaped like the primal ``like``) itself, handed to onnxruntime's blocked NCHWc layout.
+
+    Plain: ``g``. Fast, for a float32 rank-4 ``g``: ``AveragePool`` over 1x1 windows (the identity), which
+    onnxruntime's NCHWc transformer converts, reordering ``g`` into its blocked layout at the pool's input.
+    An upsampling of ``g`` and its products with blocked masks then stay blocked, where a ``g`` in NCHW
+    (from a Reshape, say) makes onnxruntime reorder those larger results back to NCHW and forth again.
+    Equal to the plain form.
+    """
+    if not (fast_allowed() and emit.elem_type(ctx, like) == _FLOAT32 and len(ctx.shape(like)) == 4):
+        return g
+    moved = ctx.emit1("AveragePool", [g], kernel_shape=[1, 1])
+    ctx.record(moved, like)
+    return moved
+
+
 # ------------------------------------------------------------------------------------- box masks
 
 

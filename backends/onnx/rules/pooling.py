@@ -129,8 +129,10 @@ def _max_pool_mask(ctx: RuleContext, node: NodeProto, g: str, axes: Sequence[Axi
     has one; where a window has more, the guard makes the backend run the graph built with the Indices.
     Every op here runs in onnxruntime's blocked NCHWc layout (nearest Resize, the per-channel multiply +
     Add + steep HardSigmoid fused into one Conv, AveragePool), where MaxPool with Indices is a scalar NCHW
-    kernel that costs several passes over x. When x is a ReLU's output (and the ReLU's VJP masks by
-    ``[x > 0]``), ties among zeros are ignored: what any of them receives is zeroed.
+    kernel that costs several passes over x (a cotangent that reaches y through a view enters that
+    layout at the view: :func:`blocked_cotangent`). When x is a ReLU's output (and the ReLU's VJP masks
+    by ``[x > 0]``), ties among zeros are ignored: what any of them receives is zeroed. They are the
+    windows whose maximum is 0, so the tie count is masked on the pooled output, not on x.
     """
     x, y = node.input[0], node.output[0]
     kernel = [a.kernel for a in axes]
@@ -146,14 +148,25 @@ def _max_pool_mask(ctx: RuleContext, node: NodeProto, g: str, axes: Sequence[Axi
     gap = ctx.emit1("Add", [forms.scale(ctx, upsample(y), -1.0, like=x), x])  # x - max <= 0, 0 at a maximum
     at_max = forms.at_top(ctx, gap)
     masked = ctx.emit1("Mul", [upsample(g), at_max])
-    counted = at_max
-    if _relu_masks_cotangent(ctx, x):
-        counted = ctx.emit1("Mul", [at_max, forms.step(ctx, x)])  # [x > 0], as the Relu VJP's own mask
-    share = ctx.emit1("AveragePool", [counted], kernel_shape=kernel, strides=kernel)
+    share = ctx.emit1("AveragePool", [at_max], kernel_shape=kernel, strides=kernel)
+    if _relu_masks_cotangent(ctx, x):  # windows whose maximum is 0 hold only zeros, which the Relu VJP masks
+        share = ctx.emit1("Mul", [share, forms.step(ctx, y)])
     most = ctx.emit1("ReduceMax", [share], keepdims=0)
     # not (most < threshold) rather than most > threshold: a NaN (inf - inf at an infinite maximum) flags too
     below = ctx.emit1("Less", [most, ctx.const(np.array(1.5 / math.prod(kernel), dtype=np.float32))])
     return masked, ctx.emit1("Not", [below])
+
+
+def blocked_cotangent(ctx: RuleContext, y: str, g: str) -> str:
+    """``g``, the cotangent of ``y`` as a view (Reshape, Flatten) hands it back, in onnxruntime's blocked
+    layout (:func:`~.forms.blocked`) where ``y`` is a MaxPool output whose VJP takes the mask form: that
+    VJP's upsampling of ``g`` and its products with the blocked masks then stay blocked, where an NCHW
+    ``g`` makes onnxruntime reorder those larger results to NCHW and back. Otherwise ``g`` itself (a
+    cotangent from a Conv's VJP is blocked already)."""
+    producer = ctx.producer(y)
+    if producer is None or producer.op_type != "MaxPool" or not ctx.speculative:
+        return g
+    return forms.blocked(ctx, g, y) if _tiles(ctx, producer.input[0], _pool_axes(ctx, producer)) else g
 
 
 @jvp_rule("MaxPool")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import emit
+from .pooling import blocked_cotangent
 from .registry import RuleContext, jvp_rule, linear, vjp_rule
 
 if TYPE_CHECKING:
@@ -31,9 +32,10 @@ Names = emit.Names
 
 @linear("Reshape", "Squeeze", "Unsqueeze", "Flatten")
 def reshape_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
-    """A view: the cotangent reshaped back to the input's (concrete) shape."""
+    """A view: the cotangent reshaped back to the input's (concrete) shape (handed to onnxruntime's blocked
+    layout where a max-pool mask takes it: :func:`~.pooling.blocked_cotangent`)."""
     x = node.input[0]
-    back = emit.reshape(ctx, grads[0], ctx.shape(x), ctx.shape(node.output[0]))
+    back = blocked_cotangent(ctx, x, emit.reshape(ctx, grads[0], ctx.shape(x), ctx.shape(node.output[0])))
     return emit.padded([back], len(node.input))
 
 
