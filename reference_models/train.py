@@ -278,12 +278,17 @@ def compact_json(value: Any) -> str:
     return (compact if json.loads(compact) == value else text) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gradsal.reference_models.train",
-                                     description="Rebuild the shipped reference models, deterministically.")
+def rebuild_arguments(module: str, what: str, seed: int, argv: list[str] | None) -> argparse.Namespace:
+    """``--out`` and ``--seed`` of a script ``python -m gradsal.reference_models.<module>`` rebuilding ``what``."""
+    parser = argparse.ArgumentParser(prog=f"python -m gradsal.reference_models.{module}",
+                                     description=f"Rebuild the shipped {what}, deterministically.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder to write into (default: the package's)")
-    parser.add_argument("--seed", type=int, default=SEED, help=f"random seed (default {SEED}, the shipped models')")
-    args = parser.parse_args(argv)
+    parser.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed}, the shipped one's)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = rebuild_arguments("train", "reference models", SEED, argv)
     start = time.perf_counter()
     metadata = build(args.out, args.seed)
     seconds = time.perf_counter() - start

@@ -15,7 +15,6 @@ metadata.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .train import DEFAULT_OUT, OPSET, compact_json, deterministic_torch, fit, save_state_dict
+from .train import DEFAULT_OUT, OPSET, compact_json, deterministic_torch, fit, rebuild_arguments, save_state_dict
 
 SEED = 0
 N_TRAIN = 4000
@@ -179,11 +178,7 @@ def build(out: Path = DEFAULT_OUT, seed: int = SEED) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gradsal.reference_models.train_text",
-                                     description="Rebuild the shipped text classifier, deterministically.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder to write into (default: the package's)")
-    parser.add_argument("--seed", type=int, default=SEED, help=f"random seed (default {SEED}, the shipped model's)")
-    args = parser.parse_args(argv)
+    args = rebuild_arguments("train_text", "text classifier", SEED, argv)
     metadata = build(args.out, args.seed)
     print(f"text_classifier: test accuracy {metadata['test_accuracy']:.4f} on {metadata['n_test']} generated "
           f"sentences; vocabulary of {metadata['kwargs']['vocab_size']} tokens")
