@@ -131,7 +131,7 @@ def measure_convs(threads: int, repeats: int) -> None:
         g = rng.standard_normal(y.shape).astype(np.float32)
         t_forward = quartile_ms(lambda: forward.run(None, {"x": x}), repeats)  # noqa: B023
         axes = [Axis(size, y.shape[2], k, s, 1, k // 2)] * 2
-        chosen = correlation.conv_input_strategy(axes, groups, cin, groups > 1 and cin == groups)
+        chosen = correlation.measured_conv_strategy(axes, groups, cin, groups > 1 and cin == groups)
         cells, reference = {}, None
         for strategy in ("convtranspose", "conv"):
             with correlation.forced(conv=strategy):

@@ -11,6 +11,7 @@ imports them.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 
@@ -20,7 +21,9 @@ def families() -> list[str]:
     return sorted(module.name for module in pkgutil.iter_modules(__path__))
 
 
+@functools.cache
 def load() -> None:
-    """Import every module of this package, so that every family's rules register."""
+    """Import every module of this package, so that every family's rules register (once: each gradient
+    graph build calls this)."""
     for name in families():
         importlib.import_module(f"{__name__}.{name}")

@@ -58,14 +58,17 @@ def forced(*, conv: ConvStrategy | None = None, window_sum: WindowSumStrategy | 
 
 
 def conv_input_strategy(axes: Sequence[Axis], group: int, in_channels: int, depthwise: bool) -> ConvStrategy:
-    """How a Conv with a constant weight writes its input gradient, from its geometry (measured choice).
+    """The strategy a Conv's input gradient is written with: the one :func:`forced`, else the measured
+    choice (:func:`measured_conv_strategy`)."""
+    return _FORCED_CONV.get() or measured_conv_strategy(axes, group, in_channels, depthwise)
+
+
+def measured_conv_strategy(axes: Sequence[Axis], group: int, in_channels: int, depthwise: bool) -> ConvStrategy:
+    """How a Conv with a constant weight writes its input gradient, from its geometry alone.
 
     The flipped-kernel Conv for stride 1 (any grouping) and for strided depthwise layers (after the zero
     spread); ConvTranspose for other strided layers and for layers reading few channels.
     """
-    forced_strategy = _FORCED_CONV.get()
-    if forced_strategy is not None:
-        return forced_strategy
     if group == 1 and in_channels < FEW_CHANNELS:
         return "convtranspose"
     if all(a.stride == 1 for a in axes) or depthwise:
@@ -74,12 +77,15 @@ def conv_input_strategy(axes: Sequence[Axis], group: int, in_channels: int, dept
 
 
 def window_sum_strategy(axes: Sequence[Axis]) -> WindowSumStrategy:
-    """How AveragePool spreads each cotangent over its window (measured choice): a one-channel all-ones
-    ConvTranspose over the N*C images when windows never share a cell, else the depthwise all-ones case of
-    the Conv adjoint (:func:`correlation_adjoint` with ``"conv"``)."""
-    forced_strategy = _FORCED_WINDOW_SUM.get()
-    if forced_strategy is not None:
-        return forced_strategy
+    """The strategy AveragePool's window sum is written with: the one :func:`forced`, else the measured
+    choice (:func:`measured_window_sum_strategy`)."""
+    return _FORCED_WINDOW_SUM.get() or measured_window_sum_strategy(axes)
+
+
+def measured_window_sum_strategy(axes: Sequence[Axis]) -> WindowSumStrategy:
+    """How AveragePool spreads each cotangent over its window, from its geometry alone: a one-channel
+    all-ones ConvTranspose over the N*C images when windows never share a cell, else the depthwise all-ones
+    case of the Conv adjoint (:func:`correlation_adjoint` with ``"conv"``)."""
     return "conv" if overlapping(axes) else "transpose"
 
 
