@@ -344,6 +344,7 @@ class _Builder:
     made_by: dict[str, Any] = field(default_factory=dict)
     speculative: bool = True
     guards: list[Guard] = field(default_factory=list)
+    masked: set[tuple[str, str]] = field(default_factory=set)
     forward_before: dict[str, list[Any]] = field(default_factory=dict)
     forward_replaced: dict[str, Any] = field(default_factory=dict)
     _counter: itertools.count = field(default_factory=itertools.count)
@@ -471,6 +472,12 @@ class _Builder:
 
     def guard(self, flag: str, why: str) -> None:
         self.guards.append(Guard(flag, why))
+
+    def mark_masked(self, grad: str, primal: str) -> None:
+        self.masked.add((grad, primal))
+
+    def is_masked(self, grad: str, primal: str) -> bool:
+        return (grad, primal) in self.masked
 
     def attr(self, node: Any, name: str, default: object = None) -> object:
         return io.node_attribute(node, name, default)

@@ -59,6 +59,19 @@ def step(ctx: RuleContext, x: str) -> str:
     return _compare(ctx, x, 0.0, 1.0)
 
 
+def off(ctx: RuleContext, x: str) -> str:
+    """``[x <= 0]`` as 0/1 in ``x``'s float type (``1 - step(x)``).
+
+    Plain: ``Cast(Not(Greater(x, 0)))``. Fast, for float32: ``HardSigmoid(x; alpha=-1e30, beta=1)`` =
+    ``clip(1 - 1e30 x, 0, 1)``, one pass in onnxruntime's blocked layout (a Sub from 1 is not); equal to the
+    plain form except for ``0 < x < 1e-30``, where it is a fraction.
+    """
+    if fast_allowed() and emit.elem_type(ctx, x) == _FLOAT32:
+        return ctx.emit1("HardSigmoid", [x], alpha=-1e30, beta=1.0)
+    above = ctx.emit1("Greater", [x, emit.scalar(ctx, 0.0, x)])
+    return emit.mask(ctx, ctx.emit1("Not", [above]), x)
+
+
 def scale(ctx: RuleContext, v: str, factor: float, like: str) -> str:
     """``v * factor``, for ``v`` with the channel axis of the primal ``like``.
 

@@ -233,6 +233,8 @@ def relu_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
         return [ctx.emit1("Relu", [g])]
     if ctx.relu_rule == "guided":
         g = ctx.emit1("Relu", [g])
+    if ctx.is_masked(grads[0], y):  # a max pool's mask already zeroed it wherever y is 0
+        return [g]
     return [_mul(ctx, g, forms.step(ctx, y))]
 
 

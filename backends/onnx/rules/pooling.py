@@ -131,10 +131,14 @@ def _max_pool_mask(ctx: RuleContext, node: NodeProto, g: str, axes: Sequence[Axi
     Add + steep HardSigmoid fused into one Conv, AveragePool), where MaxPool with Indices is a scalar NCHW
     kernel that costs several passes over x (a cotangent that reaches y through a view enters that
     layout at the view: :func:`blocked_cotangent`). When x is a ReLU's output (and the ReLU's VJP masks
-    by ``[x > 0]``), ties among zeros are ignored: what any of them receives is zeroed. They are the
-    windows whose maximum is 0, so the tie count is masked on the pooled output, not on x.
+    by ``[x > 0]``), the windows whose maximum is 0 hold only zeros, and what any of them receives the
+    ReLU zeroes: their maximum is compared as 1 instead (``y + [y <= 0]``, on the pooled tensor), so that
+    the mask is 0 there, their ties do not count, and the result is already zero wherever x is 0: the
+    ReLU's VJP then passes it on without a second full-size mask (:meth:`~.registry.RuleContext.mark_masked`).
     """
     x, y = node.input[0], node.output[0]
+    after_relu = _relu_masks_cotangent(ctx, x)
+    top = ctx.emit1("Add", [y, forms.off(ctx, y)]) if after_relu else y
     kernel = [a.kernel for a in axes]
     scales = ctx.const(np.array([1.0, 1.0, *kernel], dtype=np.float32))
     roi = ctx.const(np.zeros(0, dtype=np.float32))
@@ -145,12 +149,12 @@ def _max_pool_mask(ctx: RuleContext, node: NodeProto, g: str, axes: Sequence[Axi
         ctx.record(up, x)
         return up
 
-    gap = ctx.emit1("Add", [forms.scale(ctx, upsample(y), -1.0, like=x), x])  # x - max <= 0, 0 at a maximum
+    gap = ctx.emit1("Add", [forms.scale(ctx, upsample(top), -1.0, like=x), x])  # x - max <= 0, 0 at a maximum
     at_max = forms.at_top(ctx, gap)
     masked = ctx.emit1("Mul", [upsample(g), at_max])
+    if after_relu:
+        ctx.mark_masked(masked, x)
     share = ctx.emit1("AveragePool", [at_max], kernel_shape=kernel, strides=kernel)
-    if _relu_masks_cotangent(ctx, x):  # windows whose maximum is 0 hold only zeros, which the Relu VJP masks
-        share = ctx.emit1("Mul", [share, forms.step(ctx, y)])
     most = ctx.emit1("ReduceMax", [share], keepdims=0)
     # not (most < threshold) rather than most > threshold: a NaN (inf - inf at an infinite maximum) flags too
     below = ctx.emit1("Less", [most, ctx.const(np.array(1.5 / math.prod(kernel), dtype=np.float32))])

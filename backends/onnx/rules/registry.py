@@ -120,6 +120,14 @@ class RuleContext(Protocol):
         """The model node whose VJP the cotangent of the primal ``name`` flows into: the node computing it,
         or None for the tensor differentiated with respect to (``wrt`` or the input) and for initializers."""
 
+    def mark_masked(self, grad: str, primal: str) -> None:
+        """Note that the cotangent ``grad`` is already zero wherever the primal ``primal`` is <= 0, so that a
+        Relu producing ``primal`` need not multiply it by ``[primal > 0]`` again. The mark is on the name:
+        a total of several contributions (a new name) carries none."""
+
+    def is_masked(self, grad: str, primal: str) -> bool:
+        """True when :meth:`mark_masked` noted ``grad`` as zero wherever ``primal`` is <= 0."""
+
     speculative: bool
     """True (the first build): a rule may emit a form that is exact only under a condition, checked at run
     time by a :meth:`guard`; False: the exact graph, built for a run where a guard fired."""
