@@ -217,6 +217,47 @@ def test_tiled_max_pool_after_relu_flags_ties_among_positive_values():
     np.testing.assert_array_equal(OnnxBackend(model).vjp(x, v)[1], expected)
 
 
+def _positive_windows_unique(shape, seed: int) -> np.ndarray:
+    """Distinct values, 70% negative: after a Relu, all-zero windows beside windows with one maximum."""
+    rng = np.random.default_rng(seed)
+    return (rng.permutation(np.prod(shape)).reshape(shape) - 0.7 * np.prod(shape)).astype(F32)
+
+
+def test_relu_after_the_pool_mask_is_not_masked_twice():
+    """Relu -> MaxPool: the mask is already zero wherever the Relu's output is 0, so the Relu's VJP adds no
+    second full-size mask; a Relu whose output also feeds another node keeps its mask (its cotangent is a
+    total). Both gradients against the argmax rule written in NumPy."""
+    from gradsal.backends.onnx._graph import build_gradient_model
+
+    shape = (2, 4, 8, 8)
+    x = _positive_windows_unique(shape, 3)
+    v = np.random.default_rng(4).standard_normal((2, 4, 4, 4)).astype(F32)
+    relu = np.maximum(x, 0)
+    alone = _tiled_pool(x, [2, 2], relu=True)
+    built = build_gradient_model(alone, x.shape, input_name="x", output_name="y")
+    assert not [n.op_type for n in built.model.graph.node if n.name.endswith("/Relu")]  # gradient nodes: op/model node
+    _, g = run_vjp(alone, x, v)
+    np.testing.assert_array_equal(g, first_maximum_gradient(relu, v, [2, 2], [2, 2], [0, 0, 0, 0]) * (x > 0))
+
+    shared = make_model([node("Relu", ["x"], ["r"]), node("MaxPool", ["r"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+                         node("AveragePool", ["r"], ["a"], kernel_shape=[2, 2], strides=[2, 2]),
+                         node("Add", ["m", "a"])], {"x": x}, ["y"])
+    spread = np.repeat(np.repeat(v, 2, axis=2), 2, axis=3) / 4
+    expected = (first_maximum_gradient(relu, v, [2, 2], [2, 2], [0, 0, 0, 0]) + spread) * (x > 0)
+    _, g = run_vjp(shared, x, v)
+    np.testing.assert_allclose(g, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_guided_relu_after_the_pool_mask():
+    """Guided backpropagation through Relu -> MaxPool: relu(g) [x > 0] with g the argmax rule's cotangent."""
+    shape = (2, 4, 8, 8)
+    x = _positive_windows_unique(shape, 5)
+    v = np.random.default_rng(6).standard_normal((2, 4, 4, 4)).astype(F32)
+    _, g = run_vjp(_tiled_pool(x, [2, 2], relu=True), x, v, relu_rule="guided")
+    pooled = first_maximum_gradient(np.maximum(x, 0), v, [2, 2], [2, 2], [0, 0, 0, 0])
+    np.testing.assert_array_equal(g, np.maximum(pooled, 0) * (x > 0))
+
+
 # -------------------------------------------------------------------------------------- AveragePool
 
 

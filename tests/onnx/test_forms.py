@@ -327,3 +327,32 @@ def test_blocked_cotangent_is_the_identity():
     direct = between_convs([node("MaxPool", ["a"], ["b"], kernel_shape=[2, 2], strides=[2, 2])], x_shape=x.shape)
     fast, plain = fast_and_plain(direct, x, cotangent(tuple(pooled)))
     assert fast.ops["AveragePool"] == plain.ops["AveragePool"]
+
+
+def test_off_of_a_pooled_relu_drops_only_windows_in_its_band():
+    """Relu -> MaxPool: windows whose maximum is 0 are compared as 1 (``y + [y <= 0]``, HardSigmoid(-1e30 y
+    + 1) fast or Not(y > 0) plain), so they receive nothing and the Relu adds no mask of its own. Both
+    equal the argmax rule times [x > 0] except, in the fast form, a window whose maximum lies in (0, 1e-30),
+    which may receive nothing."""
+    shape = (2, CHANNELS, 4, 6)
+    x = (np.random.default_rng(5).permutation(np.prod(shape)).reshape(shape) - 0.6 * np.prod(shape)).astype(F32) / 7
+    x[0, 0, 0:2, 0:2] = [[-1.0, -2.0], [-3.0, 0.0]]  # maximum exactly 0
+    x[0, 1, 0:2, 0:2] = [[1e-31, -2.0], [-3.0, -4.0]]  # maximum in the band
+    x[0, 2, 0:2, 0:2] = [[-1.0, np.nextafter(F32(0), F32(1))], [-3.0, -4.0]]
+    model = between_convs([node("Relu", ["a"], ["r"]), node("MaxPool", ["r"], ["b"], kernel_shape=[2, 2], strides=[2, 2])],
+                          x_shape=shape)
+    v = cotangent((2, CHANNELS, 2, 3))
+    fast, plain = fast_and_plain(model, x, v)
+    assert fast.ops["HardSigmoid"] == 2 and plain.ops["HardSigmoid"] == 0  # the window test and `off`
+    assert plain.ops["Greater"] == 1  # `off` alone: the Relu's own [x > 0] is not emitted
+    relu = np.maximum(x, 0)
+    windows = relu.reshape(2, CHANNELS, 2, 2, 3, 2).transpose(0, 1, 2, 4, 3, 5).reshape(2, CHANNELS, 2, 3, 4)
+    hot = windows.argmax(axis=-1)[..., None] == np.arange(4)
+    spread = (hot * v[..., None]).reshape(2, CHANNELS, 2, 3, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(shape)
+    expected = spread * (x > 0)
+    np.testing.assert_array_equal(plain.gradient, expected)
+    maxima = windows.max(axis=-1)
+    band = np.repeat(np.repeat((maxima > 0) & (maxima < 1e-30), 2, axis=2), 2, axis=3)
+    assert band.any()
+    np.testing.assert_array_equal(fast.gradient[~band], expected[~band])
+    assert np.all(np.abs(fast.gradient[band]) <= np.abs(expected[band]))
