@@ -339,8 +339,8 @@ def test_off_of_a_pooled_relu_drops_only_windows_in_its_band():
     x[0, 0, 0:2, 0:2] = [[-1.0, -2.0], [-3.0, 0.0]]  # maximum exactly 0
     x[0, 1, 0:2, 0:2] = [[1e-31, -2.0], [-3.0, -4.0]]  # maximum in the band
     x[0, 2, 0:2, 0:2] = [[-1.0, np.nextafter(F32(0), F32(1))], [-3.0, -4.0]]
-    model = between_convs([node("Relu", ["a"], ["r"]), node("MaxPool", ["r"], ["b"], kernel_shape=[2, 2], strides=[2, 2])],
-                          x_shape=shape)
+    pool = node("MaxPool", ["r"], ["b"], kernel_shape=[2, 2], strides=[2, 2])
+    model = between_convs([node("Relu", ["a"], ["r"]), pool], x_shape=shape)
     v = cotangent((2, CHANNELS, 2, 3))
     fast, plain = fast_and_plain(model, x, v)
     assert fast.ops["HardSigmoid"] == 2 and plain.ops["HardSigmoid"] == 0  # the window test and `off`
