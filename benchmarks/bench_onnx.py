@@ -107,6 +107,25 @@ def interleaved_min_ms(fns: list[Callable[[], object]], repeats: int, block: int
     return [1e3 * b for b in best]
 
 
+def rounds_against_forward(path: Path, x: np.ndarray, graphs: list, options, rounds: int,
+                           repeats: int) -> tuple[float, np.ndarray]:
+    """The plain forward of the model at ``path`` and each gradient graph (``build_gradient_model``
+    results, seeded with the top-class cotangent) taking turns (:func:`interleaved_min_ms`) for ``rounds``
+    rounds of ``repeats`` runs, every session made with ``options``: the forward's median time in ms and
+    each round's ratio of each graph to the forward (rounds x graphs)."""
+    import onnxruntime as ort
+
+    forward = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    cotangent = top_class_cotangent(forward.run(None, {"input": x})[0])
+    runs = [lambda: forward.run(None, {"input": x})]
+    for graph in graphs:
+        session = ort.InferenceSession(graph.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feeds = {graph.input_name: x, graph.seed_name: cotangent}
+        runs.append(lambda session=session, feeds=feeds: session.run(None, feeds))
+    times = np.array([interleaved_min_ms(runs, repeats) for _ in range(rounds)])
+    return float(np.median(times[:, 0])), times[:, 1:] / times[:, :1]
+
+
 def top_class_cotangent(logits: np.ndarray) -> np.ndarray:
     """One-hot on each sample's top-scoring class (the last axis; per step for ``(N, T, classes)``): the
     cotangent of a vanilla saliency map (of the greedy decoding, for a sequence)."""

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_onnx
-from bench_onnx import export, interleaved_min_ms, top_class_cotangent
+from bench_onnx import export, rounds_against_forward
 
 VARIANTS = ("exact", "times x", "recomputed x", "times y")
 SPINNING = {"allowed": True}
@@ -99,22 +99,13 @@ def measure(name: str, batch: int, threads: int, op_type: str, rounds: int, repe
     """The forward's median time in ms, and each round's ratio of each variant to the forward
     (rounds x variants)."""
     import onnx
-    import onnxruntime as ort
 
     _, x, path = export(name, batch, folder)
     model = onnx.load(str(path))
     if op_type not in {node.op_type for node in model.graph.node}:
         raise SystemExit(f"{name} has no {op_type} node; pick --op from its operators.")
-    forward = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-    cotangent = top_class_cotangent(forward.run(None, {"input": x})[0])
-    runs = [lambda: forward.run(None, {"input": x})]
-    for graph in gradient_graphs(model, x.shape, op_type).values():
-        session = ort.InferenceSession(graph.model.SerializeToString(), session_options(threads),
-                                       providers=["CPUExecutionProvider"])
-        feeds = {graph.input_name: x, graph.seed_name: cotangent}
-        runs.append(lambda session=session, feeds=feeds: session.run(None, feeds))
-    times = np.array([interleaved_min_ms(runs, repeats) for _ in range(rounds)])
-    return float(np.median(times[:, 0])), times[:, 1:] / times[:, :1]
+    graphs = list(gradient_graphs(model, x.shape, op_type).values())
+    return rounds_against_forward(path, x, graphs, session_options(threads), rounds, repeats)
 
 
 def main() -> None:

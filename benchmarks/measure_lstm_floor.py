@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_onnx import export, interleaved_min_ms, session_options, top_class_cotangent
+from bench_onnx import export, rounds_against_forward, session_options
 
 VARIANTS = ("exact", "pools free", "recurrence free", "both free")
 
@@ -103,19 +103,10 @@ def gradient_graphs(model, shape) -> dict[str, object]:
 def measure(batch: int, threads: int, rounds: int, repeats: int, folder: Path) -> tuple[float, np.ndarray]:
     """The forward's median time in ms, and each round's ratio of each variant to the forward."""
     import onnx
-    import onnxruntime as ort
 
     _, x, path = export("ocr_lstm", batch, folder)
-    forward = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-    cotangent = top_class_cotangent(forward.run(None, {"input": x})[0])
-    runs = [lambda: forward.run(None, {"input": x})]
-    for graph in gradient_graphs(onnx.load(str(path)), x.shape).values():
-        session = ort.InferenceSession(graph.model.SerializeToString(), session_options(threads),
-                                       providers=["CPUExecutionProvider"])
-        feeds = {graph.input_name: x, graph.seed_name: cotangent}
-        runs.append(lambda session=session, feeds=feeds: session.run(None, feeds))
-    times = np.array([interleaved_min_ms(runs, repeats) for _ in range(rounds)])
-    return float(np.median(times[:, 0])), times[:, 1:] / times[:, :1]
+    graphs = list(gradient_graphs(onnx.load(str(path)), x.shape).values())
+    return rounds_against_forward(path, x, graphs, session_options(threads), rounds, repeats)
 
 
 def main() -> None:
