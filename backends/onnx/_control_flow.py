@@ -52,10 +52,12 @@ def _stacked(values: Sequence[str], out: str, axis: int, prefix: str, taken: set
     from onnx import helper
 
     nodes, parts = [], []
+    axes = ""  # Unsqueeze takes its axes as an input from opset 13
+    if opset >= 13:
+        axes = edit.add_initializer(graph, np.array([axis], np.int64), f"gradsal_{prefix}_axes", taken)
     for value in values:
         name = edit.fresh(f"gradsal_{prefix}_stacked", taken)
-        if opset >= 13:  # Unsqueeze takes its axes as an input from opset 13
-            axes = edit.add_initializer(graph, np.array([axis], np.int64), f"gradsal_{prefix}_axes", taken)
+        if axes:
             nodes.append(helper.make_node("Unsqueeze", [value, axes], [name], name=edit.fresh(name, taken)))
         else:
             nodes.append(helper.make_node("Unsqueeze", [value], [name], axes=[axis], name=edit.fresh(name, taken)))
@@ -187,17 +189,6 @@ def _rename_reads(graph: Any, renamed: dict[str, str]) -> None:
     for out in graph.output:
         if out.name not in own and out.name in renamed:
             out.name = renamed[out.name]
-
-
-def names_in(graph: Any) -> set[str]:
-    """Every tensor and node name a graph and its subgraphs use (onnxruntime wants node names unique)."""
-    names = {vi.name for vi in (*graph.input, *graph.output)} | {t.name for t in graph.initializer}
-    for node in graph.node:
-        names.update(name for name in (*node.input, *node.output, node.name) if name)
-        for attribute in node.attribute:
-            for sub in edit.subgraphs(attribute):
-                names |= names_in(sub)
-    return names
 
 
 def if_conditions(graph: Any) -> list[str]:

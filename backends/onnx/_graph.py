@@ -34,7 +34,8 @@ from ...core.errors import BackendError, ModelError, UnsupportedOperatorError
 from . import _graph_edit as edit
 from . import _model_io as io
 from . import rules as _rule_families
-from ._control_flow import if_conditions, inline_known_ifs, names_in, unroll_known_loops, unroll_scans
+from ._control_flow import if_conditions, inline_known_ifs, unroll_known_loops, unroll_scans
+from ._graph_edit import names_in
 from ._quantised import nodes_between, refuse_quantisation
 from ._recurrent import unroll_recurrent
 from .rules import forms

@@ -63,6 +63,17 @@ def downstream(graph: Any, names: Iterable[str],
     return reached, nodes
 
 
+def names_in(graph: Any) -> set[str]:
+    """Every tensor and node name a graph and its subgraphs use (onnxruntime wants node names unique)."""
+    names = {vi.name for vi in (*graph.input, *graph.output)} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(name for name in (*node.input, *node.output, node.name) if name)
+        for attribute in node.attribute:
+            for sub in subgraphs(attribute):
+                names |= names_in(sub)
+    return names
+
+
 def fresh(name: str, taken: set[str]) -> str:
     """``name``, or ``name_1``, ``name_2``... the first not in ``taken``; it is added to ``taken``."""
     candidate, count = name, 0

@@ -24,15 +24,12 @@ from typing import Any
 import numpy as np
 
 from ...core.errors import UnsupportedOperatorError
-from . import _model_io as io
+from . import _graph_edit as edit
+from ._model_io import node_attribute as _attr
 
 _DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 RECURRENT_OPS = frozenset(_GATES)
-
-
-def _attr(node: Any, name: str, default: Any = None) -> Any:
-    return io.node_attribute(node, name, default)
 
 
 def unsupported_form(node: Any) -> str | None:
@@ -60,13 +57,7 @@ class _Emitter:
         self.initializers: list[Any] = []
 
     def fresh(self, hint: str) -> str:
-        count = 0
-        name = f"{self.prefix}_{hint}"
-        while name in self.taken:
-            count += 1
-            name = f"{self.prefix}_{hint}_{count}"
-        self.taken.add(name)
-        return name
+        return edit.fresh(f"{self.prefix}_{hint}", self.taken)
 
     def __call__(self, op: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
         from onnx import helper
@@ -214,13 +205,11 @@ class _Cell:
             c_next = emit("Add", [emit("Mul", [f, c]), emit("Mul", [i, emit("Tanh", [g])])])
             return emit("Mul", [o, emit("Tanh", [c_next])]), c_next
         i, o, f, g = emit.split(gates, [self.hidden] * 4, 1)
-        if peep:
-            i = emit("Add", [i, emit("Mul", [c, peep[0]])])
-            f = emit("Add", [f, emit("Mul", [c, peep[2]])])
+        i = emit("Add", [i, emit("Mul", [c, peep[0]])])
+        f = emit("Add", [f, emit("Mul", [c, peep[2]])])
         i, f, g = emit("Sigmoid", [i]), emit("Sigmoid", [f]), emit("Tanh", [g])
         c_next = emit("Add", [emit("Mul", [f, c]), emit("Mul", [i, g])])
-        if peep:
-            o = emit("Add", [o, emit("Mul", [c_next, peep[1]])])
+        o = emit("Add", [o, emit("Mul", [c_next, peep[1]])])
         return emit("Mul", [emit("Sigmoid", [o]), emit("Tanh", [c_next])]), c_next
 
 
@@ -261,16 +250,14 @@ def unroll_recurrent(model: Any, shapes: dict[str, tuple[int, ...]], values: dic
     form is refused only then; elsewhere it is left as it is)."""
     import onnx
 
-    if not any(node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx") for node in model.graph.node):
+    if not any(node.op_type in RECURRENT_OPS and edit.is_standard(node) for node in model.graph.node):
         return None
     from .rules.lstm import batched_form_problem
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    nodes = []
+    nodes, initializers = [], []
     changed = False
     for node in model.graph.node:
-        if node.op_type not in RECURRENT_OPS or node.domain not in ("", "ai.onnx") or not on_path(node):
+        if node.op_type not in RECURRENT_OPS or not edit.is_standard(node) or not on_path(node):
             nodes.append(node)
             continue
         why = unsupported_form(node)
@@ -284,12 +271,15 @@ def unroll_recurrent(model: Any, shapes: dict[str, tuple[int, ...]], values: dic
             nodes.append(node)  # kept fused: its rule steps only the recurrence (rules/lstm.py)
             continue
         dtype = np.dtype(dtypes.get(node.input[0], np.float32))
-        unrolled, initializers = unroll(node, shapes, values, taken, dtype, opset)
+        unrolled, added = unroll(node, shapes, values, taken, dtype, opset)
         nodes.extend(unrolled)
-        copy.graph.initializer.extend(initializers)
+        initializers.extend(added)
         changed = True
     if not changed:
         return None
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.initializer.extend(initializers)
     del copy.graph.node[:]
     copy.graph.node.extend(nodes)
     return copy

@@ -16,20 +16,18 @@ from . import _model_io as io
 from ._graph_edit import is_standard
 
 
-def softmax_logits(node: Any, graph: Any) -> str | None:
-    """The logits of the softmax whose last node is ``node`` (a Div or a Mul) in ``graph``, or None."""
+def softmax_logits(node: Any, graph: Any, made_by: dict[str, Any]) -> str | None:
+    """The logits of the softmax whose last node is ``node`` (a Div or a Mul) in ``graph``, or None;
+    ``made_by``: the graph's producers (``_model_io.producers``)."""
     if node.op_type not in ("Div", "Mul") or not is_standard(node) or len(node.input) != 2:
         return None
-    made_by = io.producers(graph)
     if node.op_type == "Div":
         numerator, total = node.input[0], node.input[1]
-    elif node.op_type == "Mul":
+    else:
         found = _exp_times_reciprocal(node, made_by)
         if found is None:
             return None
         numerator, total = found
-    else:
-        return None
     exp = made_by.get(numerator)
     summed = made_by.get(total)
     if exp is None or exp.op_type != "Exp" or not is_standard(exp):

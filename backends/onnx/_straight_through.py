@@ -41,29 +41,34 @@ _CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "s
 def float_equivalent(model: Any) -> tuple[Any, int]:
     """``(copy of model with its quantised patterns replaced by float operations, how many were)``.
 
-    ``model`` itself is never changed; with no pattern found the copy equals it.
+    ``model`` itself is never changed; with no quantised node at all it is returned as it is (count 0),
+    and with no pattern found the copy equals it.
     """
     import onnx
 
+    if not any(node.op_type in ("DequantizeLinear", *_INTEGER_OPS) and edit.is_standard(node)
+               for node in model.graph.node):
+        return model, 0
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph = copy.graph
     constants = io.constant_values(graph)
     # Clip takes its bounds as inputs from opset 11
     opset = edit.default_opset(copy)
+    taken = edit.names_in(graph)
     made_by = io.producers(graph)
     readers = edit.readers(graph)
     replaced: dict[int, Any] = {}  # id(node replaced) -> its float replacement
     new_weights: list[Any] = []
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and edit.is_standard(node) and opset >= 11:
-            found_pair = _qdq_clip(node, made_by, constants)
+            found_pair = _qdq_clip(node, made_by, constants, taken)
             if found_pair is None:
                 continue
             replacement, bounds = found_pair
             new_weights.extend(bounds)
         elif node.op_type in _INTEGER_OPS and edit.is_standard(node):
-            found = _dynamic_chain(node, made_by, readers, constants)
+            found = _dynamic_chain(node, made_by, readers, constants, taken)
             if found is None:
                 continue
             end, replacement, weight = found
@@ -93,9 +98,11 @@ def _same(a: str, b: str, constants: dict[str, np.ndarray]) -> bool:
     return False
 
 
-def _qdq_clip(dequantize: Any, made_by: dict[str, Any], constants: dict[str, np.ndarray]) -> tuple[Any, list] | None:
+def _qdq_clip(dequantize: Any, made_by: dict[str, Any], constants: dict[str, np.ndarray],
+              taken: set[str]) -> tuple[Any, list] | None:
     """``(Clip(x, low, high), [low, high])`` for a DequantizeLinear of a QuantizeLinear of x with the same
-    constant scalar scale and integer zero point; None otherwise (per-axis or float8 quantisation)."""
+    constant scalar scale and integer zero point; None otherwise (per-axis or float8 quantisation). New
+    names avoid ``taken``."""
     from onnx import helper, numpy_helper
 
     quantize = made_by.get(dequantize.input[0])
@@ -120,10 +127,11 @@ def _qdq_clip(dequantize: Any, made_by: dict[str, Any], constants: dict[str, np.
     limits = np.iinfo(zero.dtype)
     zero_value, scale_value = float(zero.reshape(())), float(scale.reshape(()))
     name = dequantize.name or dequantize.output[0]
-    bounds = [numpy_helper.from_array(np.array((limit - zero_value) * scale_value, scale.dtype), f"{name}_{side}")
+    bounds = [numpy_helper.from_array(np.array((limit - zero_value) * scale_value, scale.dtype),
+                                      edit.fresh(f"{name}_{side}", taken))
               for limit, side in ((limits.min, "low"), (limits.max, "high"))]
     clip = helper.make_node("Clip", [quantize.input[0], bounds[0].name, bounds[1].name], [dequantize.output[0]],
-                            name=f"{name}_straight_through")
+                            name=edit.fresh(f"{name}_straight_through", taken))
     return clip, bounds
 
 
@@ -133,10 +141,11 @@ def _only_reader(name: str, readers: dict[str, list[Any]], op_type: str) -> Any 
 
 
 def _dynamic_chain(integer_op: Any, made_by: dict[str, Any], readers: dict[str, list[Any]],
-                   constants: dict[str, np.ndarray]) -> tuple[Any, Any, Any] | None:
+                   constants: dict[str, np.ndarray], taken: set[str]) -> tuple[Any, Any, Any] | None:
     """``(last Mul of the chain, its float replacement, the dequantised weight)`` for a MatMulInteger or
     ConvInteger whose first operand is a DynamicQuantizeLinear of x and whose second is a constant, its
-    result cast to float and multiplied by ``x_scale`` and a constant weight scale; None otherwise."""
+    result cast to float and multiplied by ``x_scale`` and a constant weight scale; None otherwise. New
+    names avoid ``taken``."""
     from onnx import helper, numpy_helper
 
     quantize = made_by.get(integer_op.input[0])
@@ -161,10 +170,11 @@ def _dynamic_chain(integer_op: Any, made_by: dict[str, Any], readers: dict[str, 
                           helper.tensor_dtype_to_np_dtype(to))
     if weight is None:
         return None
-    weight_name = f"{integer_op.output[0]}_dequantised_weight"
+    weight_name = edit.fresh(f"{integer_op.output[0]}_dequantised_weight", taken)
     attributes = {k: v for k, v in edit.attributes(integer_op).items() if k in _CONV_ATTRIBUTES}
-    replacement = helper.make_node(_INTEGER_OPS[integer_op.op_type], [x, weight_name], [end.output[0]],
-                                   name=f"{integer_op.name or integer_op.output[0]}_straight_through", **attributes)
+    name = edit.fresh(f"{integer_op.name or integer_op.output[0]}_straight_through", taken)
+    replacement = helper.make_node(_INTEGER_OPS[integer_op.op_type], [x, weight_name], [end.output[0]], name=name,
+                                   **attributes)
     return end, replacement, numpy_helper.from_array(weight, weight_name)
 
 

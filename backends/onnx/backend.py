@@ -712,7 +712,7 @@ def _choose_output(graph: Any, output_name: str | None, explain_logits: bool, la
     if node.op_type in ("Softmax", "LogSoftmax") and edit.is_standard(node):
         logits, head = node.input[0], node.op_type
     else:
-        logits, head = softmax_logits(node, graph), "softmax (Exp/ReduceSum/Div)"
+        logits, head = softmax_logits(node, graph, made_by), "softmax (Exp/ReduceSum/Div)"
         if logits is None:
             return first
     warnings.warn(
