@@ -252,12 +252,8 @@ def unrolled_lstm_backend(path: Path, x: np.ndarray, cotangent: np.ndarray, thre
     from gradsal.backends.onnx.rules import lstm
 
     backend = OnnxBackend(str(path), session_options=session_options(threads))
-    kept = lstm.batched_form_problem
-    lstm.batched_form_problem = lambda *args: "unrolled for comparison"
-    try:
+    with lstm.unrolled():
         backend.vjp(x, cotangent)
-    finally:
-        lstm.batched_form_problem = kept
     return backend
 
 

@@ -23,12 +23,15 @@ the tensor, no ``Y`` output) are unrolled into standard operators before the rul
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._model_io import node_attribute as _attribute
+from .._recurrent import unsupported_form
 from . import emit
 from .registry import RuleContext, jvp_rule, vjp_rule
 
@@ -36,21 +39,28 @@ if TYPE_CHECKING:
     from onnx import NodeProto
 
 Names = list[str | None]
-_DEFAULT_ACTIVATIONS = ["Sigmoid", "Tanh", "Tanh"]
+_UNROLLED: ContextVar[bool] = ContextVar("gradsal_lstm_unrolled", default=False)
+
+
+@contextlib.contextmanager
+def unrolled() -> Iterator[None]:
+    """Within this block every LSTM takes the general form (unrolled into standard operators), as one with
+    peepholes does: for comparing the two in tests and benchmarks."""
+    token = _UNROLLED.set(True)
+    try:
+        yield
+    finally:
+        _UNROLLED.reset(token)
 
 
 def batched_form_problem(node: NodeProto, value_of: Callable[[str], np.ndarray | None], steps: int) -> str | None:
-    """Why an LSTM node is not of the form this rule differentiates (it is then unrolled), or None."""
-    directions = 2 if _attribute(node, "direction", "forward") == "bidirectional" else 1
-    activations = _attribute(node, "activations")
-    if activations is not None and list(activations) != _DEFAULT_ACTIVATIONS * directions:  # type: ignore[arg-type]
-        return f"its activations {activations} are not the default ({', '.join(_DEFAULT_ACTIVATIONS)})"
-    if _attribute(node, "clip") is not None:
-        return "it clips its cell input (clip)"
-    if int(_attribute(node, "input_forget", 0)):  # type: ignore[arg-type]
-        return "it couples its input and forget gates (input_forget=1)"
-    if int(_attribute(node, "layout", 0)):  # type: ignore[arg-type]
-        return "it is batch-first (layout=1)"
+    """Why an LSTM node is not of the form this rule differentiates (it is then unrolled), or None: a form
+    that cannot be unrolled either (:func:`~.._recurrent.unsupported_form`), or one only unrolling covers."""
+    unrollable = unsupported_form(node)
+    if unrollable is not None:
+        return unrollable
+    if _UNROLLED.get():
+        return "every LSTM is unrolled here (rules.lstm.unrolled())"
     if not node.output or not node.output[0]:
         return "it has no Y output (the hidden states of every step)"
     if emit.optional_input(node, 7):
