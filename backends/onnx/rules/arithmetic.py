@@ -33,10 +33,6 @@ def _mul(ctx: RuleContext, a: str, b: str) -> str:
     return ctx.emit1("Mul", [a, b])
 
 
-def _broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
-    return tuple(int(d) for d in np.broadcast_shapes(*(tuple(s) for s in shapes)))
-
-
 def _to_output(ctx: RuleContext, node: NodeProto, t: str, shape: Sequence[int]) -> str:
     """A tangent term of ``shape`` broadcast to the node's output shape."""
     return emit.expand(ctx, t, ctx.shape(node.output[0]), from_shape=shape)
@@ -53,7 +49,7 @@ def _signed_sum(ctx: RuleContext, node: NodeProto, signed: Sequence[tuple[str | 
         return _to_output(ctx, node, ctx.emit1("Neg", [t]) if negate else t, ctx.shape(like))
     (t1, like1, _), (t2, like2, negate2) = present
     total = ctx.emit1("Sub" if negate2 else "Add", [t1, t2])
-    return _to_output(ctx, node, total, _broadcast_shape(ctx.shape(like1), ctx.shape(like2)))
+    return _to_output(ctx, node, total, emit.broadcast_shape(ctx.shape(like1), ctx.shape(like2)))
 
 
 @vjp_rule("Add", "Sub")
@@ -137,7 +133,7 @@ def _pow_base_derivative(ctx: RuleContext, node: NodeProto) -> tuple[str, tuple[
             return ctx.emit1("Div", [emit.scalar(ctx, 0.5, y), y]), ctx.shape(y)
         power = ctx.emit1("Pow", [a, emit.scalar(ctx, p - 1.0, a)])
         return _mul(ctx, power, emit.scalar(ctx, p, a)), ctx.shape(a)
-    shape = _broadcast_shape(ctx.shape(a), ctx.shape(b))
+    shape = emit.broadcast_shape(ctx.shape(a), ctx.shape(b))
     if exponent is not None:
         dtype = np.dtype(ctx.dtype(a))
         power = ctx.emit1("Pow", [a, ctx.const(np.asarray(exponent - 1, dtype=dtype))])
@@ -185,7 +181,7 @@ def pow_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
     if tangents[0] is not None:
         derivative, shape = _pow_base_derivative(ctx, node)
         term = _mul(ctx, tangents[0], derivative)
-        terms.append(_to_output(ctx, node, term, _broadcast_shape(ctx.shape(a), shape)))
+        terms.append(_to_output(ctx, node, term, emit.broadcast_shape(ctx.shape(a), shape)))
     if tangents[1] is not None:
         tb = emit.cast(ctx, tangents[1], emit.elem_type(ctx, a), emit.elem_type(ctx, b))
         terms.append(_mul(ctx, tb, _pow_exponent_derivative(ctx, node)))  # y has the output's shape
@@ -206,7 +202,7 @@ def _variadic_jvp(ctx: RuleContext, node: NodeProto, tangents: Names, scale: flo
     total = present[0][0] if len(present) == 1 else ctx.emit1("Sum", [t for t, _ in present])
     if scale != 1.0:
         total = _mul(ctx, total, emit.scalar(ctx, scale, node.output[0]))
-    return _to_output(ctx, node, total, _broadcast_shape(*(ctx.shape(name) for _, name in present)))
+    return _to_output(ctx, node, total, emit.broadcast_shape(*(ctx.shape(name) for _, name in present)))
 
 
 @vjp_rule("Sum")
@@ -292,7 +288,7 @@ def where_jvp(ctx: RuleContext, node: NodeProto, tangents: Names) -> Names:
     else:
         selected = forms.select(ctx, chosen, ta, tb)
     shapes = [ctx.shape(condition)] + [ctx.shape(n) for n, t in ((a, ta), (b, tb)) if t is not None]
-    return [_to_output(ctx, node, selected, _broadcast_shape(*shapes))]
+    return [_to_output(ctx, node, selected, emit.broadcast_shape(*shapes))]
 
 
 def _check_dropout_inference(ctx: RuleContext, node: NodeProto) -> None:

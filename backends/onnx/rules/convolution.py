@@ -75,11 +75,6 @@ def _weight_grad(ctx: RuleContext, data: str, cot: str, group: int, axes: Sequen
     return ctx.emit1("Transpose", [result], perm=[1, 0, *range(2, 2 + n)])
 
 
-def _bias_grad(ctx: RuleContext, g: str, rank: int) -> str:
-    """Sum over every axis but the channels (axis 1) of a rank-``rank`` tensor."""
-    return emit.reduce_sum(ctx, g, [0, *range(2, rank)], keepdims=0)
-
-
 def _bias_tangent(ctx: RuleContext, node: NodeProto, tb: str) -> str:
     """The bias's tangent (C,) broadcast to the output's shape (it may be the only tangent term)."""
     y_shape = ctx.shape(node.output[0])
@@ -90,7 +85,7 @@ def _bias_tangent(ctx: RuleContext, node: NodeProto, tb: str) -> str:
 def _gradients(ctx: RuleContext, node: NodeProto, g: str, input_grad: str | None, weight_grad: str | None) -> Names:
     """The result list of a Conv-like VJP: the given input and weight gradients, and the bias's."""
     b = emit.optional_input(node, 2)
-    bias_grad = _bias_grad(ctx, g, len(ctx.shape(node.output[0]))) if b and ctx.needs_grad(b) else None
+    bias_grad = emit.channel_total(ctx, g, len(ctx.shape(node.output[0]))) if b and ctx.needs_grad(b) else None
     return [input_grad, weight_grad, bias_grad][:len(node.input)]
 
 

@@ -136,6 +136,17 @@ def zeros(ctx: RuleContext, shape: Sequence[int], like: str) -> str:
     return ctx.emit1("ConstantOfShape", [ctx.const([int(d) for d in shape])], value=value)
 
 
+def broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """The shape NumPy broadcasting gives ``shapes`` (as ONNX's multidirectional broadcasting does)."""
+    return tuple(int(d) for d in np.broadcast_shapes(*(tuple(s) for s in shapes)))
+
+
+def channel_total(ctx: RuleContext, g: str, rank: int) -> str:
+    """Sum over every axis but the channels (axis 1) of a rank-``rank`` tensor: a (C,) cotangent (a bias's,
+    a per-channel scale's or weight's)."""
+    return reduce_sum(ctx, g, [0, *range(2, rank)], keepdims=0)
+
+
 def total(ctx: RuleContext, terms: Sequence[str]) -> str:
     """The sum of same-shaped (or broadcasting) terms: the term itself, an Add, or one Sum node."""
     if len(terms) == 1:

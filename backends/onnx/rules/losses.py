@@ -90,7 +90,7 @@ def _loss_vjp(ctx: RuleContext, parts: _Parts, g: str, x: str, loss: str, wants_
         if parts.mask is not None:
             contribution = ctx.emit1("Mul", [contribution, parts.mask])
         spread = ctx.emit1("Mul", [parts.one_hot, parts.per_class(ctx, contribution)])
-        grad_w = emit.reduce_sum(ctx, spread, [0, *range(2, len(parts.x_shape))], keepdims=0)
+        grad_w = emit.channel_total(ctx, spread, len(parts.x_shape))
     return grad_x, grad_w
 
 

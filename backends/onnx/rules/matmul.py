@@ -14,18 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from . import emit
 from .emit import Names
 from .registry import RuleContext, bilinear, jvp_rule, vjp_rule
 
 if TYPE_CHECKING:
     from onnx import NodeProto
-
-
-def _broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
-    return tuple(int(d) for d in np.broadcast_shapes(*(tuple(s) for s in shapes)))
 
 
 def _gemm(ctx: RuleContext, a: str, b: str, *, trans_a: int = 0, trans_b: int = 0, alpha: float = 1.0,
@@ -75,7 +69,7 @@ def matmul_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
     sa, sb = ctx.shape(a), ctx.shape(b)
     pa = sa if len(sa) >= 2 else (1, *sa)
     pb = sb if len(sb) >= 2 else (*sb, 1)
-    batch = _broadcast_shape(pa[:-2], pb[:-2])
+    batch = emit.broadcast_shape(pa[:-2], pb[:-2])
     n, k, m = pa[-2], pa[-1], pb[-1]
     full = (*batch, n, m)
     g = grads[0]
@@ -228,7 +222,7 @@ def _einsum_operand_grad(ctx: RuleContext, node: NodeProto, g: str, position: in
     grad = ctx.emit1("Einsum", [name for _, name, _ in sources], equation=equation)
     if len(kept) != len(_einsum_tokens(own)):
         grad = emit.reshape(ctx, grad, full)
-    widened = _broadcast_shape(full, ctx.shape(operand))
+    widened = emit.broadcast_shape(full, ctx.shape(operand))
     grad = emit.expand(ctx, grad, widened, from_shape=full)
     return ctx.unbroadcast(grad, operand, widened)
 

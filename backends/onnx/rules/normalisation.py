@@ -117,11 +117,6 @@ def _per_channel(ctx: RuleContext, vector: str, x: str) -> str:
     return emit.reshape(ctx, vector, _channel_shape(ctx, x))
 
 
-def _channel_total(ctx: RuleContext, g: str, rank: int) -> str:
-    """Sum over every axis but the channels (axis 1) of a rank-``rank`` tensor: a (C,) cotangent."""
-    return emit.reduce_sum(ctx, g, [0, *range(2, rank)], keepdims=0)
-
-
 @vjp_rule("InstanceNormalization", differentiable=(0, 1, 2))
 def instance_norm_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
     """``y = scale * x_hat + B`` per (sample, channel): gx = J (scale g), g_scale = sum(g x_hat), g_B = sum(g)."""
@@ -133,9 +128,9 @@ def instance_norm_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
         scaled = _mul(ctx, g, _per_channel(ctx, scale, x))  # type: ignore[arg-type]
         result[0] = _normalisation_jacobian(ctx, stats, scaled).product
     if stats is not None and ctx.needs_grad(scale):
-        result[1] = _channel_total(ctx, _mul(ctx, g, stats.x_hat), rank)  # type: ignore[arg-type]
+        result[1] = emit.channel_total(ctx, _mul(ctx, g, stats.x_hat), rank)  # type: ignore[arg-type]
     if ctx.needs_grad(bias):
-        result[2] = _channel_total(ctx, g, rank)  # type: ignore[arg-type]
+        result[2] = emit.channel_total(ctx, g, rank)  # type: ignore[arg-type]
     return result
 
 

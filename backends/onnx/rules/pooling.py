@@ -99,13 +99,17 @@ def max_pool_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -> Names:
     g = grads[0]
     if g is None:  # only the Indices output is on the path: integers carry no gradient
         return emit.nothing(node)
-    x = node.input[0]
     axes = _pool_axes(ctx, node)
-    if ctx.speculative and _tiles(ctx, x, axes):
+    if _takes_mask(ctx, node):
         masked, ties = _max_pool_mask(ctx, node, g, axes)
         ctx.guard(ties, "a max-pooling window has two maxima")
         return [masked]
-    return [_scatter_add(ctx, g, _max_pool_indices(ctx, node), ctx.shape(x), axes)]
+    return [_scatter_add(ctx, g, _max_pool_indices(ctx, node), ctx.shape(node.input[0]), axes)]
+
+
+def _takes_mask(ctx: RuleContext, node: NodeProto) -> bool:
+    """Whether this MaxPool's VJP takes the speculative mask form (:func:`_max_pool_mask`)."""
+    return ctx.speculative and _tiles(ctx, node.input[0], _pool_axes(ctx, node))
 
 
 def _tiles(ctx: RuleContext, x: str, axes: Sequence[Axis]) -> bool:
@@ -168,9 +172,9 @@ def blocked_cotangent(ctx: RuleContext, y: str, g: str) -> str:
     ``g`` makes onnxruntime reorder those larger results to NCHW and back. Otherwise ``g`` itself (a
     cotangent from a Conv's VJP is blocked already)."""
     producer = ctx.producer(y)
-    if producer is None or producer.op_type != "MaxPool" or not ctx.speculative:
+    if producer is None or producer.op_type != "MaxPool" or not _takes_mask(ctx, producer):
         return g
-    return forms.blocked(ctx, g, y) if _tiles(ctx, producer.input[0], _pool_axes(ctx, producer)) else g
+    return forms.blocked(ctx, g, y)
 
 
 @jvp_rule("MaxPool")
