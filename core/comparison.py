@@ -20,7 +20,7 @@ import numpy as np
 from ._validate import as_float_batch
 from .batching import resolve_batch_size
 from .errors import InputError
-from .faithfulness import PerturbationCurve, deletion_curve, insertion_curve
+from .faithfulness import PerturbationCurve, deletion_curve, insertion_curve, unit_shape
 from .methods import DEFAULT_METHODS, Method, method_options, resolve_method, run_method
 from .protocol import SupportsRandomization
 from .randomization import (
@@ -33,7 +33,7 @@ from .randomization import (
     randomized_steps,
 )
 from .registry import as_backend
-from .similarity import explanation_map, unit_shape
+from .similarity import explanation_map
 from .targets import target_cotangent
 
 

@@ -173,15 +173,20 @@ def unit_ranks(saliency: Any, x: np.ndarray, absolute: bool | None = None) -> np
     return rank
 
 
+def unit_shape(x: np.ndarray) -> tuple[int, ...]:
+    """The shape of a batch's maps: ``(N, *spatial)`` for ``x`` shaped ``(N, C, *spatial)``, else ``x``'s own."""
+    return (len(x), *x.shape[2:]) if x.ndim >= 3 else x.shape
+
+
 def _unit_values(saliency: Any, x: np.ndarray, absolute: bool | None) -> np.ndarray:
     array = np.asarray(saliency)
     if array.dtype.kind not in "fiu":
         raise InputTypeError(f"The saliency map has dtype {array.dtype}: pass a real-valued map such as "
                              "to_saliency_map(attributions) or a method's output.")
-    unit_shape = (len(x), *x.shape[2:]) if x.ndim >= 3 else x.shape
-    if array.shape not in (unit_shape, x.shape):
+    units = unit_shape(x)
+    if array.shape not in (units, x.shape):
         raise InputError(f"The saliency map has shape {array.shape}, but x is {x.shape}: pass a map shaped "
-                         f"{unit_shape} (one value per pixel, e.g. to_saliency_map(attr)) or attributions shaped "
+                         f"{units} (one value per pixel, e.g. to_saliency_map(attr)) or attributions shaped "
                          f"like x {x.shape}.")
     check_finite_map(array, "The saliency map")
     values = array.astype(np.float64)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import InputError, InputTypeError
-from .faithfulness import check_finite_map
+from .faithfulness import check_finite_map, unit_shape
 
 Window = Literal["gaussian", "uniform"]
 WINDOWS = ("gaussian", "uniform")
@@ -113,11 +113,6 @@ def _window_weights(size: int, window: str, sigma: float) -> np.ndarray:
     offsets = np.arange(size) - (size - 1) / 2
     weights = np.exp(-0.5 * (offsets / sigma) ** 2)
     return weights / weights.sum()
-
-
-def unit_shape(x: np.ndarray) -> tuple[int, ...]:
-    """The shape of a batch's maps: ``(N, *spatial)`` for ``x`` shaped ``(N, C, *spatial)``, else ``x``'s own."""
-    return (len(x), *x.shape[2:]) if x.ndim >= 3 else x.shape
 
 
 def explanation_map(attributions: np.ndarray, x: np.ndarray) -> np.ndarray:
