@@ -29,6 +29,7 @@ Run: ``python benchmarks/bench_onnx.py [--batch 4] [--threads 2] [--repeats 20] 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,7 +37,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,30 @@ def rounds_against_forward(path: Path, x: np.ndarray, graphs: list, options, rou
         runs.append(lambda session=session, feeds=feeds: session.run(None, feeds))
     times = np.array([interleaved_min_ms(runs, repeats) for _ in range(rounds)])
     return float(np.median(times[:, 0])), times[:, 1:] / times[:, :1]
+
+
+@contextlib.contextmanager
+def replaced_vjps(vjps: dict, differentiable: dict | None = None) -> Iterator[None]:
+    """Register the given VJP rules (op type -> rule; ``differentiable``: op type -> the input positions
+    that carry gradient) for the duration of the block, gradsal's own rules restored after it."""
+    from gradsal.backends.onnx import rules
+    from gradsal.backends.onnx.rules import registry
+
+    rules.load()
+    saved = {op: (registry._VJP[op], registry._DIFFERENTIABLE.get(op)) for op in vjps}
+    registry._VJP.update(vjps)
+    registry._DIFFERENTIABLE.update(differentiable or {})
+    try:
+        yield
+    finally:
+        for op, (vjp, positions) in saved.items():
+            registry._VJP[op], registry._DIFFERENTIABLE[op] = vjp, positions
+
+
+def quartile_cells(ratios: np.ndarray) -> str:
+    """Table cells ``median (25th-75th percentile)`` of each column of ``ratios`` (rounds x variants)."""
+    quartiles = np.percentile(ratios, [25, 50, 75], axis=0).T
+    return " | ".join(f"{mid:.2f}x ({low:.2f}-{high:.2f})" for low, mid, high in quartiles)
 
 
 def top_class_cotangent(logits: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_onnx
-from bench_onnx import export, rounds_against_forward
+from bench_onnx import export, quartile_cells, replaced_vjps, rounds_against_forward
 
 VARIANTS = ("exact", "times x", "recomputed x", "times y")
 SPINNING = {"allowed": True}
@@ -57,9 +57,6 @@ def single_multiply_rule(op_type: str, operand: str, model=None) -> Iterator[Non
     copy of the Conv of ``model`` that produced ``x`` ("recomputed"); restore the rule on exit."""
     import onnx
 
-    from gradsal.backends.onnx.rules import registry as _rules
-
-    saved = _rules._VJP[op_type], _rules._DIFFERENTIABLE.get(op_type)
     producers = {out: node for node in (model.graph.node if model else []) for out in node.output}
 
     def multiply_once(ctx, node, grads):
@@ -74,11 +71,8 @@ def single_multiply_rule(op_type: str, operand: str, model=None) -> Iterator[Non
             factor = ctx.emit1("Conv", inputs, **attrs)
         return [ctx.emit1("Mul", [grads[0], factor])] + [None] * (len(node.input) - 1)
 
-    _rules._VJP[op_type], _rules._DIFFERENTIABLE[op_type] = multiply_once, (0,)
-    try:
+    with replaced_vjps({op_type: multiply_once}, {op_type: (0,)}):
         yield
-    finally:
-        _rules._VJP[op_type], _rules._DIFFERENTIABLE[op_type] = saved
 
 
 def gradient_graphs(model, shape, op_type: str) -> dict[str, object]:
@@ -133,9 +127,8 @@ def main() -> None:
                 for threads in args.threads:
                     forward_ms, ratios = measure(name, batch, threads, args.op, args.rounds, args.repeats,
                                                  Path(tmp))
-                    quartiles = np.percentile(ratios, [25, 50, 75], axis=0).T
-                    cells = " | ".join(f"{mid:.2f}x ({low:.2f}-{high:.2f})" for low, mid, high in quartiles)
-                    print(f"| {name} | {batch} | {threads} | {forward_ms:.2f} | {cells} |", flush=True)
+                    print(f"| {name} | {batch} | {threads} | {forward_ms:.2f} | {quartile_cells(ratios)} |",
+                          flush=True)
 
 
 if __name__ == "__main__":

@@ -25,34 +25,16 @@ it returns. Run: ``python benchmarks/measure_lstm_floor.py [--batch 4] [--thread
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_onnx import export, rounds_against_forward, session_options
+from bench_onnx import export, quartile_cells, replaced_vjps, rounds_against_forward, session_options
 
 VARIANTS = ("exact", "pools free", "recurrence free", "both free")
-
-
-@contextlib.contextmanager
-def replaced_vjps(replacements: dict) -> Iterator[None]:
-    """Register the given VJP rules (op type -> rule) for the duration of the block."""
-    from gradsal.backends.onnx import rules
-    from gradsal.backends.onnx.rules import registry
-
-    rules.load()
-    registry_rules = registry._VJP
-    saved = {op: registry_rules[op] for op in replacements}
-    registry_rules.update(replacements)
-    try:
-        yield
-    finally:
-        registry_rules.update(saved)
 
 
 def upsampled_cotangent(ctx, node, grads):
@@ -125,9 +107,7 @@ def main() -> None:
     print("|---|" + "---|" * len(VARIANTS))
     with tempfile.TemporaryDirectory() as tmp:
         forward_ms, ratios = measure(args.batch, args.threads, args.rounds, args.repeats, Path(tmp))
-    quartiles = np.percentile(ratios, [25, 50, 75], axis=0).T
-    cells = " | ".join(f"{mid:.2f}x ({low:.2f}-{high:.2f})" for low, mid, high in quartiles)
-    print(f"| {forward_ms:.2f} | {cells} |")
+    print(f"| {forward_ms:.2f} | {quartile_cells(ratios)} |")
 
 
 if __name__ == "__main__":
