@@ -22,6 +22,7 @@ import numpy as np
 
 from . import emit
 from .registry import RuleContext, jvp_rule, vjp_rule
+from .softmax import log_softmax_product
 
 if TYPE_CHECKING:
     from onnx import NodeProto
@@ -168,9 +169,7 @@ def softmax_cross_entropy_vjp(ctx: RuleContext, node: NodeProto, grads: Names) -
     extra = grads[1] if len(grads) > 1 else None
     h = [t for t in (from_loss, extra) if t is not None]
     if h and ctx.needs_grad(node.input[0]):
-        total = emit.total(ctx, h)
-        softmax = ctx.emit1("Exp", [log_prob])
-        result[0] = ctx.emit1("Sub", [total, ctx.emit1("Mul", [softmax, emit.reduce_sum(ctx, total, [1])])])
+        result[0] = log_softmax_product(ctx, log_prob, emit.total(ctx, h), [1], transposed=True)
     if wants_weight and grad_w is not None:
         result[2] = grad_w
     return result
@@ -182,8 +181,6 @@ def softmax_cross_entropy_jvp(ctx: RuleContext, node: NodeProto, tangents: Names
     log_prob = _log_probabilities(ctx, node)
     lp_tangent = None
     if tangents[0] is not None:  # d log_softmax = ds - sum_c softmax ds
-        softmax = ctx.emit1("Exp", [log_prob])
-        mixed = emit.reduce_sum(ctx, ctx.emit1("Mul", [softmax, tangents[0]]), [1])
-        lp_tangent = ctx.emit1("Sub", [tangents[0], mixed])
+        lp_tangent = log_softmax_product(ctx, log_prob, tangents[0], [1], transposed=False)
     loss = _loss_jvp(ctx, parts, log_prob, node.output[0], lp_tangent, _weight_tangent(tangents))
     return [loss, lp_tangent][:len(node.output)]

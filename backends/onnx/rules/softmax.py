@@ -44,11 +44,13 @@ def softmax_product(ctx: RuleContext, node: NodeProto, seeds: Names) -> Names:
 
 
 def _log_softmax_product(ctx: RuleContext, node: NodeProto, v: str, transposed: bool) -> str | None:
-    """J^T v = v - p sum(v) or J v = v - sum(v p) over the axes, with p = softmax(x) = exp(y)."""
     axes = _softmax_axes(ctx, node)
-    if not axes:
-        return None
-    probabilities = ctx.emit1("Exp", [node.output[0]])
+    return log_softmax_product(ctx, node.output[0], v, axes, transposed) if axes else None
+
+
+def log_softmax_product(ctx: RuleContext, log_probabilities: str, v: str, axes: list[int], transposed: bool) -> str:
+    """J^T v = v - p sum(v) or J v = v - sum(v p) over ``axes`` for the log-softmax y, with p = exp(y)."""
+    probabilities = ctx.emit1("Exp", [log_probabilities])
     if transposed:
         return ctx.emit1("Sub", [v, ctx.emit1("Mul", [probabilities, emit.reduce_sum(ctx, v, axes)])])
     return ctx.emit1("Sub", [v, emit.reduce_sum(ctx, ctx.emit1("Mul", [v, probabilities]), axes)])
